@@ -1,0 +1,52 @@
+# DeltaPrompts. The two commands a newcomer needs: `make demo` and `make test`.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+DP      := $(VENV)/bin/deltaprompts
+CONFIG  ?= configs/demo.yaml
+RUN     ?=
+ARGS    ?=
+RUNARG  := $(if $(RUN),run.name=$(RUN),)
+export OMP_NUM_THREADS ?= 2
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test stage-1 stage-2 stage-3 stage-4 stage-5 stage-6 all status \
+        push train eval bench tiny-models toy-models lint
+
+setup:
+	@bash scripts/setup.sh $(VENV)
+
+demo: setup
+	$(PY) -m pipeline.demo --config $(CONFIG) $(RUNARG) $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+
+stage-%: setup
+	$(DP) stage $* --config $(CONFIG) $(RUNARG) $(ARGS)
+
+all: setup
+	$(DP) run --config $(CONFIG) $(RUNARG) $(ARGS)
+
+status: setup
+	$(DP) status --run $(if $(RUN),$(RUN),demo)
+
+push: setup
+	$(DP) push --config $(CONFIG) $(RUNARG) $(ARGS)
+
+train: setup
+	$(DP) train --config $(CONFIG) $(RUNARG) $(ARGS)
+
+eval: setup
+	$(DP) eval --config $(CONFIG) $(RUNARG) $(ARGS)
+
+bench: setup
+	$(PY) -m benchmarks $(ARGS)
+
+tiny-models: setup
+	$(PY) -m pipeline.tiny_models --out models/tiny
+
+toy-models: setup
+	$(PY) -m seeds.chartworld.train_toys --out models/chartworld $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check pipeline stages seeds trainer tests benchmarks

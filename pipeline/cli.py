@@ -1,0 +1,163 @@
+"""`deltaprompts`: run the pipeline's stages, inspect runs, audit datasets, push, train.
+
+Every subcommand takes `--config FILE` plus `key.sub=value` overrides, e.g.
+
+    deltaprompts run --config configs/demo.yaml --stages 1-3 sampling.n=4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pipeline.configschema import ConfigError
+
+EPILOG = """\
+stages: 1 ingest, 2 mine, 3 rewrite, 4 delta, 5 filter, 6 assemble.
+Each stage reads the previous stage's shards under runs/<run>/NN-<stage>/ and writes its
+own; rerunning resumes (complete shards are skipped). If a stage's config or inputs
+changed, it refuses unless --recompute is given.
+"""
+
+
+def parse_stage_range(text: str) -> list[int]:
+    """'1-3' -> [1, 2, 3]; '2,4-6' -> [2, 4, 5, 6]."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            a, b = part.split("-", 1)
+            lo, hi = int(a), int(b)
+            if lo > hi:
+                raise argparse.ArgumentTypeError(f"bad stage range {part!r}")
+            out.extend(range(lo, hi + 1))
+        elif part:
+            out.append(int(part))
+    return sorted(set(out))
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", required=True, help="run config YAML (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                   help="config overrides, value parsed as YAML (e.g. sampling.n=4)")
+
+
+def _load(args):
+    from pipeline.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def _run_stages(cfg, numbers: list[int], recompute: bool) -> int:
+    from pipeline.run import run_lock, run_stage
+    from stages import all_stages, load_stage
+
+    by_name = all_stages()
+    with run_lock(cfg.run_dir):
+        for n in numbers:
+            stage = load_stage(n)
+            if not stage.enabled(cfg):
+                print(f"{stage.dirname}: disabled in config, skipped")
+                continue
+            man = run_stage(cfg, stage, by_name, recompute=recompute)
+            skipped = sum(man.skipped.values())
+            print(f"{stage.dirname}: {man.rows} rows, {skipped} skipped, "
+                  f"{man.shards_total} shards, {man.seconds:.1f}s -> {cfg.run_dir / stage.dirname}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    cfg = _load(args)
+    return _run_stages(cfg, parse_stage_range(args.stages), args.recompute)
+
+
+def cmd_stage(args) -> int:
+    cfg = _load(args)
+    return _run_stages(cfg, [args.number], args.recompute)
+
+
+def cmd_status(args) -> int:
+    from pipeline.run import stage_status
+    from stages import all_stages
+
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        run_dir = Path(args.root) / args.run
+    if not run_dir.is_dir():
+        print(f"no run folder {args.run} (looked in . and {args.root}/)", file=sys.stderr)
+        return 2
+    rows = [stage_status(run_dir, st) for st in sorted(all_stages().values(), key=lambda s: s.number)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"run {run_dir}")
+    for r in rows:
+        if r["status"] == "not started":
+            print(f"  {r['stage']:<12} not started")
+            continue
+        skipped = ", ".join(f"{k}={v}" for k, v in sorted(r["skipped"].items())) or "none"
+        extra = f", failed shards {r['failed_shards']}" if r["failed_shards"] else ""
+        print(f"  {r['stage']:<12} {r['status']:<9} shards {r['shards_done']}/{r['shards_total']}, "
+              f"rows {r['rows']}, skipped: {skipped}{extra}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deltaprompts",
+        description="Build VLM distillation data where teacher and student disagree "
+        "(answer divergence Δ), stage by stage, resumable, on Ray.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a range of stages (default: all)", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_args(p)
+    p.add_argument("--stages", default="1-6", help="stages to run, e.g. 1-3 or 2,4-6 (default 1-6)")
+    p.add_argument("--recompute", action="store_true",
+                   help="discard a stage's results made with another config/input and redo it")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("stage", help="run one stage", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("number", type=int, choices=range(1, 7), metavar="N", help="stage number 1-6")
+    _add_config_args(p)
+    p.add_argument("--recompute", action="store_true", help="discard and redo this stage")
+    p.set_defaults(func=cmd_stage)
+
+    p = sub.add_parser("status", help="per stage: shards done/total, rows, skipped rows by reason")
+    p.add_argument("--run", required=True, help="run name (under --root) or run folder path")
+    p.add_argument("--root", default="runs", help="runs root (default: runs)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from pipeline.run import RunError
+
+    try:
+        return args.func(args)
+    except (ConfigError, RunError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; completed shards are kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
