@@ -2,7 +2,7 @@
 
 Every subcommand takes `--config FILE` plus `key.sub=value` overrides, e.g.
 
-    deltaprompts run --config configs/demo.yaml --stages 1-3 sampling.n=4
+    deltaprompts run --config configs/demo.yaml --stages 1-3 delta.n=4
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def parse_stage_range(text: str) -> list[int]:
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", required=True, help="run config YAML (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                   help="config overrides, value parsed as YAML (e.g. sampling.n=4)")
+                   help="config overrides, value parsed as YAML (e.g. delta.n=4)")
 
 
 def _load(args):
@@ -143,7 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may come anywhere (`stage 2 --config f delta.n=3`): argparse binds the
+    # positional list early, so collect the leftover key=value words here.
+    args, extra = parser.parse_known_args(argv)
+    bad = [w for w in extra if w.startswith("-") or "=" not in w]
+    if bad or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,6 +1,6 @@
 """The run config: one YAML file -> typed dataclasses, validated at load.
 
-    cfg = load_config("configs/demo.yaml", overrides=["sampling.n=4", "run.name=try2"])
+    cfg = load_config("configs/demo.yaml", overrides=["delta.n=4", "run.name=try2"])
 
 Every stage reads only its own section plus what it declares in `Stage.config_keys`; the
 stage's config hash covers exactly those parts, so changing the filter threshold does not
@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from pipeline.configschema import ConfigError, build, to_dict, validate
+from pipeline.delta import DeltaConfig
 from pipeline.engines.base import EngineConfig
 from seeds.sources import SourceConfig
 
@@ -46,22 +47,8 @@ class ModelsConfig:
 
 
 @dataclass
-class SamplingConfig:
-    """How answers are drawn, shared by mine (student) and delta (teacher) so samples drawn
-    in mine are reused by delta instead of drawn again."""
-
-    n: int = 8
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_tokens: int = 64
-    seed: int = 0
-    instruction: str = "Answer with a single word or number, as: Answer: <answer>"
-
-
-@dataclass
 class IngestConfig:
     sources: list[SourceConfig] = field(default_factory=list)
-    max_pixels: int = 1024 * 1024  # images above are downscaled (aspect kept) once, at ingest
 
 
 @dataclass
@@ -72,12 +59,70 @@ class MineConfig:
 
 
 @dataclass
-class DeltaStageConfig:
-    metric: Literal["jsd", "tv", "hellinger"] = "jsd"
-    threshold: float = 0.05  # Δ below this = zero-delta
-    adaptive: bool = True  # draw k first; stop early when both models are unanimous & agree
-    adaptive_k: int = 4
-    bootstrap: int = 200  # resamples for the Δ uncertainty interval (0 = off)
+class RewriteConfig:
+    """Stage 3: synthesise new prompts aimed at the student's failures (stages/rewrite.py)."""
+
+    enabled: bool = False  # off: delta reads mine's shards directly
+    # llm: an LLM writes new questions (seed-guided, then skill-guided); programmatic: the
+    # chart-world rewriter renders new charts (chart-world seeds only); both: the two.
+    method: Literal["llm", "programmatic", "both"] = "llm"
+    # Seed selection: failed seeds (mine.fail_below) and any seed whose student accuracy
+    # is below this; lowest accuracy first, at most max_seeds_per_skill per skill over the
+    # run (split evenly across shards, since shards are rewritten independently).
+    max_student_accuracy: float = 0.75
+    max_seeds_per_skill: int | None = 100
+    variants_per_seed: int = 2  # k: rewrites asked per selected seed (one template each)
+    seed: int = 0  # selection, template choice, chart drawing, engine seeds
+    # LLM rewriter (models.rewriter, else the teacher).
+    seed_templates: list[str] = field(default_factory=list)  # prompts_templates/rewrite/seed_guided; [] = all
+    skill_guided: bool = True  # pass 2: accepted pass-1 skills, asked on other seed images
+    skill_templates: list[str] = field(default_factory=list)  # .../skill_guided; [] = all
+    images_per_skill: int = 4  # pass 2: other images per accepted skill, per shard
+    max_attempts: int = 3  # rewriter calls per job (the first + retries with the error fed back)
+    temperature: float = 0.7
+    max_tokens: int = 384
+    send_image: bool = True  # False for a text-only rewriter (e.g. a large text LLM)
+    # Pseudo-labels: the teacher answers each new prompt label_samples times (default
+    # delta.n, with the delta.* sampling settings); a prompt is kept when the majority's
+    # share reaches min_agreement (the paper's avg@16 >= 0.5) and matches the rewriter's
+    # expected answer, when it gave one.
+    label_samples: int | None = None
+    min_agreement: float = 0.5
+    # Programmatic prompts have exact answers; apply the same teacher filter to them too
+    # (majority == exact answer with min_agreement)? Agreement is recorded either way.
+    filter_programmatic: bool = True
+    strategies: list[str] = field(default_factory=list)  # seeds.chartworld.rewrite.STRATEGIES; [] = all
+    # The chart world the seeds were drawn from (item count, value range, image size):
+    # programmatic charts stay inside it. Fields of seeds.chartworld.spec.WorldConfig to
+    # override; {} = its defaults, the toy models' world.
+    world: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.variants_per_seed < 1:
+            raise ValueError(f"rewrite.variants_per_seed must be >= 1, got {self.variants_per_seed}")
+        if self.max_attempts < 1:
+            raise ValueError(f"rewrite.max_attempts must be >= 1, got {self.max_attempts}")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ValueError(f"rewrite.min_agreement must be in [0, 1], got {self.min_agreement}")
+        if self.label_samples is not None and self.label_samples < 1:
+            raise ValueError(f"rewrite.label_samples must be >= 1, got {self.label_samples}")
+        if self.max_seeds_per_skill is not None and self.max_seeds_per_skill < 0:
+            raise ValueError(f"rewrite.max_seeds_per_skill must be >= 0, got {self.max_seeds_per_skill}")
+        self.world_config()  # a bad world fails at load, naming the field
+
+    def world_config(self):
+        """The programmatic rewriter's seeds.chartworld.spec.WorldConfig."""
+        from seeds.chartworld.spec import WorldConfig
+
+        try:
+            world = WorldConfig(**self.world)
+        except TypeError as e:
+            raise ValueError(f"rewrite.world: {e}") from None
+        try:
+            world.validate()
+        except ValueError as e:
+            raise ValueError(f"rewrite.world: {e}") from None
+        return world
 
 
 @dataclass
@@ -103,10 +148,12 @@ class RunConfig:
     run: RunSection
     models: ModelsConfig | None = None
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     mine: MineConfig = field(default_factory=MineConfig)
-    delta: DeltaStageConfig = field(default_factory=DeltaStageConfig)
+    rewrite: RewriteConfig = field(default_factory=RewriteConfig)
+    # Sampling (n, temperature, ...) lives here and is shared by mine (student) and delta
+    # (teacher), so the student samples drawn in mine are reused, never drawn again.
+    delta: DeltaConfig = field(default_factory=DeltaConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     assemble: AssembleConfig = field(default_factory=AssembleConfig)
 
@@ -121,7 +168,7 @@ class RunConfig:
         return obj
 
     def hash_of(self, keys: list[str]) -> str:
-        """Stable hash of the named config parts (e.g. ["models.student", "sampling"])."""
+        """Stable hash of the named config parts (e.g. ["models.student", "delta.n"])."""
         payload = {k: to_dict(self.section(k)) for k in sorted(keys)}
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -180,4 +227,7 @@ def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) ->
     for ov in overrides or []:
         apply_override(raw, ov)
     validate(raw, RunConfig)
-    return build(RunConfig, raw)
+    try:
+        return build(RunConfig, raw)
+    except ValueError as e:  # a section's own checks (e.g. a source with no path)
+        raise ConfigError(f"invalid config: {e}") from e

@@ -70,13 +70,16 @@ def run_local(stage: Stage, cfg, tasks: list[ShardTask], load: InputLoader) -> I
             close()
 
 
-def default_num_workers(res: Resources, cfg) -> int:
+def default_num_workers(stage: Stage, res: Resources, cfg) -> int:
     explicit = cfg.execution.num_workers
     if explicit:
         return explicit
     import ray
 
     total = ray.cluster_resources()
+    if stage.uses_models and res.gpus == 0:
+        # A CPU engine already uses every core; a second copy would only thrash memory.
+        return 1
     if res.gpus > 0:
         return max(1, int(total.get("GPU", 0) // res.gpus))
     return max(1, int(total.get("CPU", 1) // max(res.cpus, 1e-3)))
@@ -115,7 +118,7 @@ def run_ray(stage: Stage, cfg, tasks: list[ShardTask], load: InputLoader) -> Ite
 
     init_ray(cfg)
     res = stage.resources(cfg)
-    n_workers = min(default_num_workers(res, cfg), max(1, len(tasks)))
+    n_workers = min(default_num_workers(stage, res, cfg), max(1, len(tasks)))
 
     @ray.remote
     class ShardWorker:

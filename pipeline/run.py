@@ -225,11 +225,7 @@ def run_stage(cfg: RunConfig, stage: Stage, stages_by_name: dict[str, Stage], *,
     bar.close()
 
     man.seconds = round((old.seconds if old and not recompute else 0.0) + time.perf_counter() - t0, 3)
-    man.rows = sum(s["rows"] for s in man.shards.values())
-    man.skipped = {}
-    for s in man.shards.values():
-        for reason, n in s.get("skipped", {}).items():
-            man.skipped[reason] = man.skipped.get(reason, 0) + n
+    man.rows, man.skipped = _totals(man.shards)
     man.failures = [asdict(f) for f in failures]
     if failures:
         man.status = "failed"
@@ -237,9 +233,21 @@ def run_stage(cfg: RunConfig, stage: Stage, stages_by_name: dict[str, Stage], *,
         raise StageFailedError(stage.dirname, failures)
     tables = [shards.read_shard(stage_dir, t.index) for t in tasks]
     man.report = stage.finalize(cfg, stage_dir, tables) or {}
+    # finalize may rewrite shards (ingest's cross-shard dedup): re-read their markers.
+    man.shards = {str(t.index): asdict(shards.read_marker(stage_dir, t.index)) for t in tasks}
+    man.rows, man.skipped = _totals(man.shards)
     man.status = "complete"
     man.write(stage_dir)
     return man
+
+
+def _totals(markers: dict[str, dict[str, Any]]) -> tuple[int, dict[str, int]]:
+    rows, skipped = 0, {}
+    for m in markers.values():
+        rows += m["rows"]
+        for reason, n in m.get("skipped", {}).items():
+            skipped[reason] = skipped.get(reason, 0) + n
+    return rows, skipped
 
 
 def stage_status(run_dir: Path, stage: Stage) -> dict[str, Any]:

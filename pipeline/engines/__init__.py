@@ -1,0 +1,47 @@
+"""Engines: one sampling + scoring interface (see ``base``) and ``build_engine``.
+
+Backends are imported lazily: importing ``pipeline.engines`` pulls in neither torch nor
+vLLM, so config code and the OpenAI client stay light.
+"""
+
+from __future__ import annotations
+
+from pipeline.engines.base import (
+    Completion,
+    Engine,
+    EngineConfig,
+    Request,
+    RequestError,
+    SampleResult,
+    user_message,
+)
+
+__all__ = [
+    "Completion",
+    "Engine",
+    "EngineConfig",
+    "Request",
+    "RequestError",
+    "SampleResult",
+    "build_engine",
+    "user_message",
+]
+
+
+def build_engine(cfg: EngineConfig) -> Engine:
+    """The engine named by ``cfg.engine``, with ``cfg.model`` loaded."""
+    if not cfg.model:
+        raise ValueError("EngineConfig.model is required (a local path or Hub id)")
+    if cfg.engine == "transformers":
+        from pipeline.engines.transformers_engine import TransformersEngine
+
+        return TransformersEngine(cfg)
+    if cfg.engine == "vllm":
+        from pipeline.engines.vllm_engine import VLLMEngine
+
+        return VLLMEngine(cfg)
+    if cfg.engine == "openai":
+        from pipeline.engines.openai_engine import OpenAIEngine
+
+        return OpenAIEngine(cfg)
+    raise ValueError(f"unknown engine {cfg.engine!r}: expected vllm, transformers or openai")

@@ -1,0 +1,404 @@
+"""transformers backend: batched sampling that prefills each prompt once.
+
+``generate(num_return_sequences=n)`` copies every prompt n times *before* the forward, so
+the image encoder and the prompt prefill run n times. Here a batch of prompts is
+prefilled once, then the KV cache (and the last logits) are repeated n times along the
+batch and decoding continues with our own sampling loop (temperature, top-p, a seeded
+``torch.Generator``, stop strings, EOS). Finished rows are dropped from the cache so the
+batch shrinks as samples end.
+
+Qwen-VL models use M-RoPE: text tokens after an image sit at ``index + rope_delta``
+rather than at their index. The model keeps that delta as hidden state on
+``model.model.rope_deltas``, which would go stale once we reshape the batch, so this
+engine computes every position id itself (prefill: the model's ``get_rope_index``;
+decode: ``real_length + step + delta``) and always passes them explicitly.
+
+Batches are prompts sorted by token length (longest first, so memory trouble shows at
+once) and left-padded, which keeps padding small and lets every row's next token sit in
+the last column.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.engines.base import (
+    Completion,
+    Engine,
+    EngineConfig,
+    Request,
+    RequestError,
+    SampleResult,
+    prepare_images,
+    request_name,
+    truncate_at_stop,
+    validate_sampling,
+)
+
+log = logging.getLogger(__name__)
+
+# 1-D per-token inputs that are left-padded; every other processor tensor (pixel values,
+# image grids) is concatenated along dim 0 in batch order.
+_SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        resolved = getattr(torch, dtype)
+    except AttributeError:
+        resolved = None
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r} (use auto, float32, bfloat16 or float16)")
+    return resolved
+
+
+@dataclass
+class Prepared:
+    """One request after chat template + processor, ready to be collated."""
+
+    index: int  # position in the caller's list
+    inputs: dict  # processor outputs for this one request (batch dim of 1)
+    length: int  # prompt tokens, image tokens included
+
+
+def sample_tokens(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Next tokens (R,) from float32 logits (R, V): greedy at T=0, else nucleus sampling."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    scaled = logits / temperature
+    if top_p < 1.0:
+        sorted_logits, order = scaled.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the mass *before* it already reaches top_p (the top one stays)
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, -math.inf)
+        scaled = torch.full_like(scaled, -math.inf).scatter(-1, order, sorted_logits)
+    probs = scaled.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class TransformersEngine(Engine):
+    def __init__(self, cfg: EngineConfig):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        self.processor = AutoProcessor.from_pretrained(
+            cfg.model, trust_remote_code=cfg.trust_remote_code
+        )
+        self._apply_pixel_limits()
+        self.tokenizer = self.processor.tokenizer
+        self.model = AutoModelForImageTextToText.from_pretrained(
+            cfg.model,
+            dtype=self.dtype,
+            attn_implementation="sdpa",
+            trust_remote_code=cfg.trust_remote_code,
+        ).to(self.device)
+        self.model.eval()
+        text_cfg = self.model.config.get_text_config()
+        self.vocab_size = int(text_cfg.vocab_size)
+        self.max_len = int(cfg.max_model_len or text_cfg.max_position_embeddings)
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_ids = set([eos] if isinstance(eos, int) else list(eos or []))
+        # M-RoPE models (Qwen2/2.5/3-VL) expose get_rope_index; others use 1-D positions.
+        self._rope_index = getattr(getattr(self.model, "model", None), "get_rope_index", None)
+
+    def _apply_pixel_limits(self) -> None:
+        ip = getattr(self.processor, "image_processor", None)
+        if ip is None or (self.cfg.max_pixels is None and self.cfg.min_pixels is None):
+            return
+        size = dict(ip.size or {})
+        if self.cfg.max_pixels is not None:
+            size["longest_edge"] = self.cfg.max_pixels
+        if self.cfg.min_pixels is not None:
+            size["shortest_edge"] = self.cfg.min_pixels
+        ip.size = size
+
+    # --- preparing and collating ---------------------------------------------------
+
+    def prepare(self, request: Request, index: int, extra_ids: list[int] | None = None) -> Prepared:
+        """Chat template + processor for one request (RequestError on a bad one).
+
+        ``extra_ids`` (a completion, for scoring) is appended after the prompt.
+        """
+        images = prepare_images(request)
+        text = self.processor.apply_chat_template(
+            request.messages, add_generation_prompt=True, tokenize=False
+        )
+        try:
+            inputs = self.processor(text=[text], images=images or None, return_tensors="pt")
+        except (ValueError, RuntimeError) as e:  # e.g. an image too small for the patches
+            raise RequestError(f"processor failed: {e}") from e
+        inputs = dict(inputs)
+        inputs.setdefault("attention_mask", torch.ones_like(inputs["input_ids"]))
+        if extra_ids:
+            bad = [t for t in extra_ids if not 0 <= t < self.vocab_size]
+            if bad:
+                raise RequestError(f"completion token ids outside the vocabulary: {bad[:5]}")
+            extra = torch.tensor([extra_ids], dtype=inputs["input_ids"].dtype)
+            inputs["input_ids"] = torch.cat([inputs["input_ids"], extra], dim=1)
+            inputs["attention_mask"] = torch.cat(
+                [inputs["attention_mask"], torch.ones_like(extra)], dim=1
+            )
+            if "mm_token_type_ids" in inputs:  # completion tokens are text (type 0)
+                types = inputs["mm_token_type_ids"]
+                inputs["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(extra)], dim=1)
+        length = int(inputs["input_ids"].shape[1])
+        return Prepared(index=index, inputs=inputs, length=length)
+
+    def collate(self, items: list[Prepared]) -> dict:
+        """Left-pad the sequence inputs, concatenate the image inputs, move to device."""
+        width = max(p.length for p in items)
+        batch: dict = {}
+        for key in items[0].inputs:
+            values = [p.inputs[key] for p in items]
+            if key in _SEQUENCE_KEYS:
+                fill = self.pad_id if key == "input_ids" else 0
+                rows = [
+                    torch.cat([torch.full((1, width - v.shape[1]), fill, dtype=v.dtype), v], dim=1)
+                    for v in values
+                ]
+                batch[key] = torch.cat(rows, dim=0)
+            elif isinstance(values[0], torch.Tensor):
+                batch[key] = torch.cat(values, dim=0)
+        for key, value in batch.items():
+            if key == "pixel_values":
+                value = value.to(self.dtype)
+            batch[key] = value.to(self.device)
+        return batch
+
+    def positions(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Position ids for a left-padded batch, plus what decoding needs to continue.
+
+        Returns ``(position_ids, real_lengths, rope_delta)``. For M-RoPE models
+        ``position_ids`` is (4, B, L): row 0 the plain text positions (used for the causal
+        mask), rows 1-3 the temporal/height/width positions; otherwise (B, L).
+        """
+        mask = batch["attention_mask"]
+        text_pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        real_lengths = mask.long().sum(-1)
+        if self._rope_index is None:
+            return text_pos, real_lengths, torch.zeros_like(real_lengths)
+        kwargs = {k: batch[k] for k in ("mm_token_type_ids", "image_grid_thw") if k in batch}
+        if "mm_token_type_ids" not in kwargs:
+            kwargs["mm_token_type_ids"] = torch.zeros_like(batch["input_ids"])
+        mrope, delta = self._rope_index(batch["input_ids"], attention_mask=mask, **kwargs)
+        position_ids = torch.cat([text_pos[None], mrope.to(text_pos.device)], dim=0)
+        return position_ids, real_lengths, delta.reshape(-1).to(real_lengths.device)
+
+    def _step_positions(self, real_lengths: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """Position ids (4|1, R, 1) of the token at index ``real_lengths`` of each row."""
+        text = real_lengths[:, None]
+        if self._rope_index is None:
+            return text
+        mrope = (text + delta[:, None])[None].expand(3, -1, -1)
+        return torch.cat([text[None], mrope], dim=0)
+
+    def _prepare_all(self, requests, extra=None):
+        """Prepared items and per-request errors (index -> message)."""
+        prepared, errors = [], {}
+        for i, request in enumerate(requests):
+            try:
+                item = self.prepare(request, i, extra[i] if extra is not None else None)
+            except RequestError as e:
+                errors[i] = f"{request_name(request, i)}: {e}"
+                continue
+            prepared.append(item)
+        return prepared, errors
+
+    def _batches(self, items: list[Prepared]) -> list[list[Prepared]]:
+        ordered = sorted(items, key=lambda p: -p.length)
+        size = max(1, self.cfg.batch_size)
+        return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+    # --- sampling ------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        requests: list[Request],
+        *,
+        n: int = 1,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        max_tokens: int = 256,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        logprobs: bool = False,
+        ignore_eos: bool = False,
+    ) -> list[SampleResult]:
+        validate_sampling(n, temperature, top_p, max_tokens)
+        prepared, errors = self._prepare_all(requests)
+        results: list[SampleResult | None] = [None] * len(requests)
+        for i, message in errors.items():
+            results[i] = SampleResult(completions=[], error=message)
+        ok = []
+        for item in prepared:
+            if item.length >= self.max_len:
+                name = request_name(requests[item.index], item.index)
+                results[item.index] = SampleResult(
+                    completions=[],
+                    error=f"{name}: prompt is {item.length} tokens, the context is "
+                    f"{self.max_len} (max_model_len): no room to generate",
+                )
+            else:
+                ok.append(item)
+        generator = torch.Generator(device=self.device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        for batch_items in self._batches(ok):
+            outs = self._sample_batch(
+                batch_items, n, temperature, top_p, max_tokens, generator, stop, logprobs,
+                ignore_eos,
+            )
+            for item, completions in zip(batch_items, outs):
+                results[item.index] = SampleResult(
+                    completions=completions, prompt_tokens=item.length
+                )
+        return results  # type: ignore[return-value]
+
+    def _sample_batch(
+        self, items, n, temperature, top_p, max_tokens, generator, stop, want_logprobs,
+        ignore_eos,
+    ) -> list[list[Completion]]:
+        batch = self.collate(items)
+        position_ids, real_lengths, delta = self.positions(batch)
+        out = self.model(
+            **batch, position_ids=position_ids, use_cache=True, logits_to_keep=1
+        )
+        # Prefill done once per prompt; now fan out to n rows per prompt.
+        cache = out.past_key_values
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+        logits = out.logits[:, -1, :].float().repeat_interleave(n, dim=0)
+        mask = batch["attention_mask"].repeat_interleave(n, dim=0)
+        real_lengths = real_lengths.repeat_interleave(n)
+        delta = delta.repeat_interleave(n)
+        # per-row generation cap: what is asked, within the context
+        caps = [min(max_tokens, self.max_len - p.length) for p in items for _ in range(n)]
+
+        rows = len(caps)
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        lps: list[list[float]] = [[] for _ in range(rows)]
+        finish: list[str | None] = [None] * rows
+        active = torch.arange(rows, device=self.device)  # global row of each cache row
+        eos = set() if ignore_eos else self.eos_ids
+        stop = [s for s in (stop or []) if s]
+        window = 2 * max((len(s) for s in stop), default=0) + 8  # tokens to re-decode
+
+        while True:
+            next_tokens = sample_tokens(logits, temperature, top_p, generator)
+            if want_logprobs:
+                chosen = logits.log_softmax(-1).gather(-1, next_tokens[:, None])[:, 0].tolist()
+            keep: list[int] = []
+            for j, (row, tok) in enumerate(zip(active.tolist(), next_tokens.tolist())):
+                tokens[row].append(tok)
+                if want_logprobs:
+                    lps[row].append(chosen[j])
+                if tok in eos:
+                    finish[row] = "stop"
+                elif stop and truncate_at_stop(
+                    self.tokenizer.decode(tokens[row][-window:], skip_special_tokens=True), stop
+                )[1]:
+                    finish[row] = "stop"
+                elif len(tokens[row]) >= caps[row]:
+                    finish[row] = "length"
+                else:
+                    keep.append(j)
+            if not keep:
+                break
+            if len(keep) < len(next_tokens):  # drop finished rows from the batch
+                sel = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(sel)
+                active, next_tokens = active[sel], next_tokens[sel]
+                mask, real_lengths, delta = mask[sel], real_lengths[sel], delta[sel]
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            out = self.model(
+                input_ids=next_tokens[:, None],
+                attention_mask=mask,
+                position_ids=self._step_positions(real_lengths, delta),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache = out.past_key_values
+            real_lengths = real_lengths + 1
+            logits = out.logits[:, -1, :].float()
+
+        results: list[list[Completion]] = []
+        for p in range(len(items)):
+            completions = []
+            for row in range(p * n, (p + 1) * n):
+                text = self.tokenizer.decode(tokens[row], skip_special_tokens=True)
+                text, _ = truncate_at_stop(text, stop)
+                completions.append(
+                    Completion(
+                        text=text,
+                        token_ids=tokens[row],
+                        logprobs=lps[row] if want_logprobs else None,
+                        finish_reason=finish[row],
+                    )
+                )
+            results.append(completions)
+        return results
+
+    # --- scoring -------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def score(self, requests: list[Request], completions: list[list[int]]) -> list[list[float]]:
+        if len(requests) != len(completions):
+            raise ValueError(f"{len(requests)} requests but {len(completions)} completions")
+        completions = [list(map(int, c)) for c in completions]
+        prepared, errors = self._prepare_all(requests, completions)
+        if errors:
+            raise RequestError("; ".join(errors.values()))
+        for item in prepared:
+            if item.length > self.max_len:
+                name = request_name(requests[item.index], item.index)
+                raise RequestError(
+                    f"{name}: prompt + completion is {item.length} tokens, over the "
+                    f"context of {self.max_len} (max_model_len)"
+                )
+        scores: list[list[float]] = [[] for _ in requests]
+        for batch_items in self._batches([p for p in prepared if completions[p.index]]):
+            batch = self.collate(batch_items)
+            position_ids, _, _ = self.positions(batch)
+            longest = max(len(completions[p.index]) for p in batch_items)
+            # logits only for the positions that predict completion tokens (all rows end
+            # in the last column thanks to left padding)
+            out = self.model(
+                **batch, position_ids=position_ids, use_cache=False, logits_to_keep=longest + 1
+            )
+            logp = out.logits.float().log_softmax(-1)
+            for row, p in enumerate(batch_items):
+                ids = completions[p.index]
+                span = logp[row, -(len(ids) + 1) : -1]
+                target = torch.tensor(ids, device=span.device)[:, None]
+                scores[p.index] = span.gather(-1, target)[:, 0].tolist()
+        return scores
+
+    def close(self) -> None:
+        self.model = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

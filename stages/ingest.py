@@ -1,0 +1,72 @@
+"""Stage 1, ingest: seed sources -> canonical prompt shards.
+
+Each source is split into record ranges of `run.shard_size`; a range is one Ray task.
+Adapters (seeds/adapters.py) map records to canonical rows and report skips with a
+reason; images are normalised once here (RGB, capped pixels, PNG). Duplicate ids — the
+same image+question twice, within or across sources — keep their first occurrence in
+shard order, so the result does not depend on which task finished first.
+"""
+
+from __future__ import annotations
+
+from pipeline import shards
+from pipeline.stage import ShardOutput, ShardTask, Stage
+from pipeline.schema import rows_to_table
+
+
+class IngestStage(Stage):
+    number = 1
+    name = "ingest"
+    config_keys = ["ingest", "run.shard_size"]
+
+    def plan(self, cfg, input_indices):
+        from seeds.adapters import count_source_rows
+
+        if not cfg.ingest.sources:
+            from pipeline.run import RunError
+
+            raise RunError("ingest.sources is empty: name at least one seed source in the config")
+        tasks, size = [], cfg.run.shard_size
+        for s, src in enumerate(cfg.ingest.sources):
+            n = count_source_rows(src)  # also checks columns: a broken source fails here
+            for start in range(0, n, size):
+                tasks.append(ShardTask(index=len(tasks),
+                                       payload={"source": s, "start": start, "stop": min(n, start + size)}))
+        return tasks
+
+    def process(self, cfg, state, task, table):
+        from seeds.adapters import iter_source_rows
+        from seeds.sources import Skip
+
+        src = cfg.ingest.sources[task.payload["source"]]
+        rows, seen, skipped = [], set(), {}
+        for item in iter_source_rows(src, task.payload["start"], task.payload["stop"]):
+            if isinstance(item, Skip):
+                skipped[item.reason] = skipped.get(item.reason, 0) + 1
+                continue
+            if item["id"] in seen:
+                skipped["duplicate_id"] = skipped.get("duplicate_id", 0) + 1
+                continue
+            seen.add(item["id"])
+            rows.append(item)
+        return ShardOutput(rows_to_table(rows), skipped=skipped,
+                           stats={"source": src.label, "records": task.payload["stop"] - task.payload["start"]})
+
+    def finalize(self, cfg, stage_dir, tables):
+        """Drop ids already seen in an earlier shard (rewrites only the shards affected)."""
+        import pyarrow as pa
+
+        seen: set[str] = set()
+        dropped = 0
+        for index, table in enumerate(tables):
+            ids = table.column("id").to_pylist()
+            keep = [i not in seen for i in ids]
+            seen.update(ids)
+            if all(keep):
+                continue
+            marker = shards.read_marker(stage_dir, index)
+            n_dup = keep.count(False)
+            dropped += n_dup
+            marker.skipped["duplicate_id"] = marker.skipped.get("duplicate_id", 0) + n_dup
+            shards.write_shard(stage_dir, marker, table.filter(pa.array(keep)))
+        return {"rows": len(seen), "cross_shard_duplicates": dropped}
