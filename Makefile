@@ -31,7 +31,7 @@ status: setup
 	$(DP) status --run $(if $(RUN),$(RUN),demo)
 
 push: setup
-	$(DP) push --config $(CONFIG) $(RUNARG) $(ARGS)
+	$(DP) push --run $(if $(RUN),$(RUN),demo) --repo-id $(REPO_ID) $(ARGS)
 
 train: setup
 	$(DP) train --config $(CONFIG) $(RUNARG) $(ARGS)

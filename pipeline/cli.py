@@ -106,6 +106,48 @@ def cmd_status(args) -> int:
     return 0
 
 
+def _run_dir(run: str, root: str) -> Path:
+    p = Path(run)
+    return p if p.is_dir() else Path(root) / run
+
+
+def cmd_audit(args) -> int:
+    from pipeline.audit import run_audit
+
+    cfg = _load(args)
+    if cfg.models is None:
+        raise ConfigError("audit needs models.teacher and models.student in the config")
+    data = args.data or str(cfg.run_dir / "01-ingest" / "shard-*.parquet")
+    out = Path(args.out) if args.out else cfg.run_dir / "audit"
+    summary = run_audit(data, cfg.models.teacher, cfg.models.student, cfg.delta, out, limit=args.limit)
+    frac = summary["zero_delta_fraction"]
+    print(f"audit of {data}: {summary['n_scored']}/{summary['n_prompts']} prompts scored, "
+          f"zero-delta fraction {frac:.1%}" if frac is not None else "no prompt could be scored")
+    for key in ("by_source", "by_skill"):
+        for name, grp in summary[key].items():
+            print(f"  {key[3:]:<6} {name:<24} {grp['n']:>6} prompts, "
+                  f"zero-delta {grp['zero_delta_fraction']:.1%}")
+    print(f"summary: {out / 'audit.json'}; histogram: {out / 'delta_hist.png'}")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from pipeline.hub import PushError, push_dataset_folder
+
+    folder = _run_dir(args.run, args.root) / "06-assemble" / "dataset"
+    if not folder.is_dir():
+        print(f"error: {folder} does not exist; run stage 6 (assemble) first", file=sys.stderr)
+        return 2
+    try:
+        report = push_dataset_folder(folder, args.repo_id, private=args.private, dry_run=args.dry_run,
+                                     revision=args.revision)
+    except PushError as e:
+        print(f"error: push failed: {e}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deltaprompts",
@@ -138,6 +180,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("audit", help="Δ of every prompt of an existing dataset: zero-delta "
+                       "fraction overall and per source/skill, JSON summary + PNG histogram")
+    _add_config_args(p)
+    p.add_argument("--data", help="Parquet file/glob or save_to_disk folder "
+                   "(default: the run's 01-ingest shards)")
+    p.add_argument("--out", help="output folder (default: runs/<run>/audit)")
+    p.add_argument("--limit", type=int, help="audit only the first N prompts")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("push", help="upload a run's assembled dataset to the Hugging Face Hub")
+    p.add_argument("--run", required=True, help="run name (under --root) or run folder path")
+    p.add_argument("--root", default="runs", help="runs root (default: runs)")
+    p.add_argument("--repo-id", required=True, help="dataset repo, e.g. me/deltaprompts-chart")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--revision", help="branch to push to (default: main)")
+    p.add_argument("--dry-run", action="store_true", help="list the files and the commit; send nothing")
+    p.set_defaults(func=cmd_push)
     return parser
 
 

@@ -155,7 +155,7 @@ def run_stage(cfg: RunConfig, stage: Stage, stages_by_name: dict[str, Stage], *,
     upstream = stages_by_name[up_name] if up_name else None
     upstream_dir = run_dir / upstream.dirname if upstream else None
     input_hash, input_shards, input_idx = input_fingerprint(upstream_dir)
-    config_hash = cfg.hash_of(stage.config_keys)
+    config_hash = cfg.hash_of(stage.hash_keys(cfg))
 
     old = Manifest.read(stage_dir)
     if old is not None:

@@ -49,6 +49,10 @@ class Stage:
     # A model-using stage loads engines once per worker in setup(); usually one per GPU.
     uses_models: ClassVar[bool] = False
 
+    def hash_keys(self, cfg: RunConfig) -> list[str]:
+        """Config parts hashed into the manifest (default: `config_keys`)."""
+        return list(self.config_keys)
+
     def enabled(self, cfg: RunConfig) -> bool:
         """Optional stages (rewrite) can be switched off in the config."""
         return True

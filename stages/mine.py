@@ -35,15 +35,20 @@ class MineStage(Stage):
     def resources(self, cfg):
         return engine_resources(cfg.models.student)
 
-    def setup(self, cfg):
-        from pipeline.engines import build_engine
+    def hash_keys(self, cfg):
+        # The tagging model only matters when tagging is on.
+        tagger = ["models.rewriter" if cfg.models.rewriter else "models.teacher"]
+        return self.config_keys + (tagger if cfg.mine.tag_skills else [])
 
-        return build_engine(cfg.models.student)
+    def setup(self, cfg):
+        return _Engines(cfg)
 
     def process(self, cfg, state, task, table):
         from pipeline.answers import answers_match
 
-        sampled = sample_table(state, table, cfg, cfg.delta.n)
+        if cfg.mine.tag_skills:
+            table = _tag_missing_skills(state, table)
+        sampled = sample_table(state.student, table, cfg, cfg.delta.n)
         golds = table.column("answers").to_pylist()
         keep, samples, answers, acc, failed, skipped = [], [], [], [], [], {}
         for s, gold in zip(sampled, golds):
@@ -76,6 +81,42 @@ class MineStage(Stage):
         (stage_dir / "failures.json").write_text(json.dumps(report, indent=2) + "\n")
         plot_failures(report, stage_dir / "failures.png")
         return {"failure_rate": report["overall"]["failure_rate"], "prompts": report["overall"]["prompts"]}
+
+
+class _Engines:
+    """The student; the skill tagger (rewriter, else teacher) only once a row needs it."""
+
+    def __init__(self, cfg):
+        from pipeline.engines import build_engine
+
+        self.cfg = cfg
+        self.student = build_engine(cfg.models.student)
+        self._tagger = None
+
+    def tagger(self):
+        if self._tagger is None:
+            from pipeline.engines import build_engine
+
+            self._tagger = build_engine(self.cfg.models.rewriter or self.cfg.models.teacher)
+        return self._tagger
+
+    def close(self):
+        self.student.close()
+        if self._tagger is not None:
+            self._tagger.close()
+
+
+def _tag_missing_skills(engines: _Engines, table: pa.Table) -> pa.Table:
+    from pipeline.skills import tag_skills
+
+    skills = table.column("skill").to_pylist()
+    missing = [i for i, s in enumerate(skills) if not s]
+    if not missing:
+        return table
+    tags = tag_skills(engines.tagger(), table.take(pa.array(missing, pa.int64())))
+    for i, tag in zip(missing, tags):
+        skills[i] = tag
+    return add_columns(table, {"skill": (pa.string(), skills)})
 
 
 def failure_report(table: pa.Table) -> dict:

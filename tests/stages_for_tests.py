@@ -53,10 +53,10 @@ class DoublingStage(Stage):
     number = 2
     name = "double"
     input_stage = "count"
-    config_keys = ["sampling.n"]
+    config_keys = ["delta.n"]
 
     def process(self, cfg, state, task, table):
-        vals = [v * cfg.sampling.n for v in table.column("value").to_pylist()]
+        vals = [v * cfg.delta.n for v in table.column("value").to_pylist()]
         return ShardOutput(table.set_column(table.schema.get_field_index("value"), "value",
                                             pa.array(vals, pa.int64())))
 

@@ -25,9 +25,9 @@ def _raw(**sections):
 
 
 def test_valid_config_builds_typed_dataclasses():
-    cfg = config_from_dict(_raw(sampling={"n": 4, "temperature": 1}))
+    cfg = config_from_dict(_raw(delta={"n": 4, "temperature": 1}))
     assert isinstance(cfg, RunConfig)
-    assert cfg.sampling.n == 4 and isinstance(cfg.sampling.temperature, float)
+    assert cfg.delta.n == 4 and isinstance(cfg.delta.temperature, float)
     assert cfg.models.teacher.engine == "vllm"
     assert cfg.models.teacher.trust_remote_code is False  # off unless set explicitly
     assert cfg.delta.threshold == 0.05 and cfg.delta.metric == "jsd"
@@ -36,8 +36,8 @@ def test_valid_config_builds_typed_dataclasses():
 @pytest.mark.parametrize(
     "raw, message",
     [
-        (_raw(sampling={"nn": 4}), r"sampling\.nn: unknown key \(allowed here: .*\bn\b"),
-        (_raw(sampling={"n": "eight"}), r"sampling\.n: expected integer, got str 'eight'"),
+        (_raw(delta={"nn": 4}), r"delta\.nn: unknown key \(allowed here: .*\bn\b"),
+        (_raw(delta={"n": "eight"}), r"delta\.n: expected integer, got str 'eight'"),
         (_raw(delta={"metric": "kl"}), r"delta\.metric: expected one of \['jsd', 'tv', 'hellinger'\]"),
         ({"models": BASE["models"]}, r"<root>: 'run' is a required property"),
         (_raw(models={"teacher": {"engine": "vllm", "model": "m", "dtyp": "x"},
@@ -52,8 +52,8 @@ def test_config_errors_name_the_key_path(raw, message):
 
 def test_every_error_is_reported_at_once():
     with pytest.raises(ConfigError) as err:
-        config_from_dict(_raw(sampling={"n": "x", "top_p": "y"}))
-    assert "sampling.n" in str(err.value) and "sampling.top_p" in str(err.value)
+        config_from_dict(_raw(delta={"n": "x", "top_p": "y"}))
+    assert "delta.n" in str(err.value) and "delta.top_p" in str(err.value)
 
 
 def test_overrides_apply_and_are_validated(tmp_path):
@@ -61,16 +61,16 @@ def test_overrides_apply_and_are_validated(tmp_path):
 
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(BASE))
-    cfg = load_config(p, ["sampling.n=3", "run.name=other", "filter.max_per_skill=10",
+    cfg = load_config(p, ["delta.n=3", "run.name=other", "filter.max_per_skill=10",
                           "models.teacher.max_pixels=50176"])
-    assert (cfg.sampling.n, cfg.run.name, cfg.filter.max_per_skill) == (3, "other", 10)
+    assert (cfg.delta.n, cfg.run.name, cfg.filter.max_per_skill) == (3, "other", 10)
     assert cfg.models.teacher.max_pixels == 50176
-    with pytest.raises(ConfigError, match=r"sampling\.n: expected integer"):
-        load_config(p, ["sampling.n=abc"])
-    with pytest.raises(ConfigError, match=r"sampling\.nope: unknown key"):
-        load_config(p, ["sampling.nope=1"])
+    with pytest.raises(ConfigError, match=r"delta\.n: expected integer"):
+        load_config(p, ["delta.n=abc"])
+    with pytest.raises(ConfigError, match=r"delta\.nope: unknown key"):
+        load_config(p, ["delta.nope=1"])
     with pytest.raises(ConfigError, match="expected key.sub=value"):
-        load_config(p, ["sampling.n"])
+        load_config(p, ["delta.n"])
 
 
 def test_override_into_a_list_and_a_scalar():
@@ -93,11 +93,11 @@ def test_bad_yaml_and_missing_file(tmp_path):
 
 
 def test_stage_hash_covers_only_its_parts():
-    a = config_from_dict(_raw(sampling={"n": 8}, filter={"max_per_skill": 5}))
-    b = config_from_dict(_raw(sampling={"n": 8}, filter={"max_per_skill": 9}))
-    c = config_from_dict(_raw(sampling={"n": 4}))
-    mine_keys = ["models.student", "sampling", "mine"]
+    a = config_from_dict(_raw(delta={"n": 8}, filter={"max_per_skill": 5}))
+    b = config_from_dict(_raw(delta={"n": 8}, filter={"max_per_skill": 9}))
+    c = config_from_dict(_raw(delta={"n": 4}))
+    mine_keys = ["models.student", "delta", "mine"]
     assert a.hash_of(mine_keys) == b.hash_of(mine_keys)  # filter change: mine still valid
     assert a.hash_of(mine_keys) != c.hash_of(mine_keys)
     assert a.hash_of(["filter"]) != b.hash_of(["filter"])
-    assert a.hash_of(mine_keys) == config_from_dict(_raw(sampling={"n": 8})).hash_of(mine_keys)
+    assert a.hash_of(mine_keys) == config_from_dict(_raw(delta={"n": 8})).hash_of(mine_keys)

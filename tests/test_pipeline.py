@@ -86,6 +86,10 @@ def test_stages_one_at_a_time_then_the_dataset_loads(run_config, capsys):
     assert "cc-by-4.0" in card
 
     capsys.readouterr()
+    assert cli(["push", "--run", str(run_dir), "--repo-id", "me/e2e", "--dry-run"]) == 0
+    listing = capsys.readouterr().out
+    assert "DRY RUN" in listing and "README.md" in listing and "data/train-00000-of-00001.parquet" in listing
+
     assert cli(["status", "--run", str(run_dir)]) == 0
     status = capsys.readouterr().out
     assert "01-ingest" in status and "complete" in status and "shards 3/3" in status
@@ -98,3 +102,13 @@ def test_rerun_is_a_no_op_and_changed_sampling_is_refused(run_config, capsys):
     assert (run_dir / "02-mine" / "shard-00000.parquet").stat().st_mtime_ns == before
     assert cli(["stage", "2", "--config", str(path), "delta.n=3"]) == 2
     assert "--recompute" in capsys.readouterr().err
+
+
+def test_audit_command_writes_summary_and_histogram(run_config, capsys):
+    path, run_dir = run_config
+    out = run_dir / "audit-cli"
+    assert cli(["audit", "--config", str(path), "--limit", "5", "--out", str(out)]) == 0
+    summary = json.loads((out / "audit.json").read_text())
+    assert summary["n_prompts"] == 5 and sum(g["n"] for g in summary["by_skill"].values()) == summary["n_scored"]
+    assert (out / "delta_hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "zero-delta fraction" in capsys.readouterr().out

@@ -91,19 +91,19 @@ def test_rerun_skips_complete_shards(tmp_path):
 def test_changed_config_or_input_is_refused_unless_recompute(tmp_path):
     st1, st2 = CountingStage(n_shards=3), DoublingStage()
     by_name = {st1.name: st1, st2.name: st2}
-    cfg = _cfg(tmp_path, sampling={"n": 2})
+    cfg = _cfg(tmp_path, delta={"n": 4})
     run_stage(cfg, st1, by_name, progress=False)
     run_stage(cfg, st2, by_name, progress=False)
-    assert sorted(r[1] for r in _rows(cfg.run_dir / st2.dirname))[:3] == [0, 2, 4]
+    assert sorted(r[1] for r in _rows(cfg.run_dir / st2.dirname))[:3] == [0, 4, 8]
 
-    cfg3 = _cfg(tmp_path, sampling={"n": 3})
+    cfg3 = _cfg(tmp_path, delta={"n": 5})
     with pytest.raises(RunError, match="config changed"):
         run_stage(cfg3, st2, by_name, progress=False)
     run_stage(cfg3, st2, by_name, recompute=True, progress=False)
-    assert sorted(r[1] for r in _rows(cfg.run_dir / st2.dirname))[:3] == [0, 3, 6]
+    assert sorted(r[1] for r in _rows(cfg.run_dir / st2.dirname))[:3] == [0, 5, 10]
 
     # Upstream recomputed with a different shard size -> downstream input hash changes.
-    cfg_b = _cfg(tmp_path, run={"name": "r", "root": str(tmp_path), "shard_size": 7}, sampling={"n": 3})
+    cfg_b = _cfg(tmp_path, run={"name": "r", "root": str(tmp_path), "shard_size": 7}, delta={"n": 5})
     run_stage(cfg_b, CountingStage(n_shards=2), by_name, recompute=True, progress=False)
     with pytest.raises(RunError, match="input shards changed"):
         run_stage(cfg_b, st2, by_name, progress=False)
