@@ -55,8 +55,11 @@ Normalisation (:func:`normalize_answer`), applied in this order
 * Scale words ("million", "k", "bn", …) are *units* and dropped like units ("3.5 million"
   -> "3.5"): chart answers quote the number in the axis' unit.
 * Text: lower case, whitespace collapsed, articles (a, an, the) removed, leading and
-  trailing punctuation stripped. So a normal form never starts or ends with punctuation,
+  trailing punctuation stripped; a text that then reads as a number or yes/no is classed
+  as one (":00" -> "0"), so normalising a normal form changes nothing. A normal form
+  never ends with punctuation and starts with punctuation only as a number's minus sign,
   which keeps sentinel classes like "[no answer]" (pipeline/delta.py) collision-free.
+* With choices, a lone in-range letter left after stripping ("B#") is that option.
 
 Matching (:func:`answers_match`)
 --------------------------------
@@ -329,7 +332,12 @@ def normalize_answer(ans: str, choices: Sequence[str] | None = None) -> str:
         letter = _choice_letter(s, choices)
         if letter:
             return letter
-    return _normalize_free(s)
+    free = _normalize_free(s)
+    # A lone in-range letter left after stripping ("B#" -> "b") is that option, so that
+    # normalising a normal form again gives the same class.
+    if choices and len(free) == 1 and free.isalpha() and ord(free.upper()) - 65 < len(choices):
+        return free.upper()
+    return free
 
 
 def _normalize_free(s: str) -> str:
@@ -340,7 +348,11 @@ def _normalize_free(s: str) -> str:
     num = _number(s)
     if num is not None:
         return num
-    return _normalize_text(s)
+    text = _normalize_text(s)
+    # Stripping may expose a number or yes/no (":00" -> "00"): classify once more, so
+    # normalising a normal form again gives the same class.
+    num = _number(text)
+    return _yes_no(text) or (num if num is not None else text)
 
 
 def _unwrap_markup(ans: str) -> str:

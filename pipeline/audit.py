@@ -24,7 +24,7 @@ from __future__ import annotations
 import glob
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +156,16 @@ def _call_seed(seed: int, round_: int, count: int, model: str) -> int:
     )
 
 
+@dataclass
+class Drawn:
+    """What :func:`draw_answers` drew, one entry per request."""
+
+    answers: list[list[Answer]]
+    texts: list[list[str]]
+    truncated: list[int]
+    errors: list[str | None]
+
+
 def draw_answers(
     engine: Engine,
     requests: Sequence[Request],
@@ -165,13 +175,14 @@ def draw_answers(
     *,
     model: str,
     round_: int,
-) -> tuple[list[list[Answer]], list[int], list[str | None]]:
+) -> Drawn:
     """Draw ``counts[i]`` samples for request i; one engine call per distinct count.
 
-    Returns the extracted answers, the number of truncated outputs, and an error (or None)
-    per request. A request with count 0 is not sent.
+    Returns, per request, the raw texts, the extracted answers, the number of truncated
+    outputs and an error (or None). A request with count 0 is not sent.
     """
     answers: list[list[Answer]] = [[] for _ in requests]
+    texts: list[list[str]] = [[] for _ in requests]
     truncated = [0] * len(requests)
     errors: list[str | None] = [None] * len(requests)
     by_count: dict[int, list[int]] = {}
@@ -198,8 +209,9 @@ def draw_answers(
             for comp in res.completions:
                 cut = comp.finish_reason == "length"
                 truncated[i] += int(cut)
+                texts[i].append(comp.text)
                 answers[i].append(extract_answer(comp.text, choices[i], truncated=cut))
-    return answers, truncated, errors
+    return Drawn(answers, texts, truncated, errors)
 
 
 def sample_adaptive(
@@ -211,6 +223,7 @@ def sample_adaptive(
     student_answers: Sequence[Sequence[Answer]] | None = None,
     errors: Sequence[str | None] | None = None,
     student_truncated: Sequence[int] | None = None,
+    student_texts: Sequence[Sequence[str]] | None = None,
 ) -> dict[str, list]:
     """Both models' answers per request under the adaptive policy, in two batched rounds.
 
@@ -226,6 +239,8 @@ def sample_adaptive(
     )
     if len(s_ans) != n:
         raise ValueError(f"student_answers has {len(s_ans)} lists for {n} requests")
+    t_txt: list[list[str]] = [[] for _ in range(n)]
+    s_txt: list[list[str]] = [list(t) for t in student_texts] if student_texts else [[] for _ in range(n)]
     t_cut, s_cut = [0] * n, list(student_truncated) if student_truncated is not None else [0] * n
     errors: list[str | None] = list(errors) if errors is not None else [None] * n
     drawn = {"teacher": 0, "student": 0}
@@ -238,9 +253,9 @@ def sample_adaptive(
                 (0, 0) if errors[i] else further_draws(t_ans[i], s_ans[i], cfg, choices[i])
                 for i in range(n)
             ]
-        for model, engine, store, cuts, col in (
-            ("teacher", teacher, t_ans, t_cut, 0),
-            ("student", student, s_ans, s_cut, 1),
+        for model, engine, store, txt, cuts, col in (
+            ("teacher", teacher, t_ans, t_txt, t_cut, 0),
+            ("student", student, s_ans, s_txt, s_cut, 1),
         ):
             counts = [0 if errors[i] else plan[i][col] for i in range(n)]
             if not any(counts):
@@ -249,18 +264,19 @@ def sample_adaptive(
                 raise ValueError(
                     f"the {model} engine is needed: {sum(1 for c in counts if c)} prompts lack samples"
                 )
-            got, cut, err = draw_answers(
-                engine, requests, counts, cfg, choices, model=model, round_=round_
-            )
+            got = draw_answers(engine, requests, counts, cfg, choices, model=model, round_=round_)
             for i in range(n):
-                if err[i]:
-                    errors[i] = errors[i] or err[i]
-                store[i].extend(got[i])
-                cuts[i] += cut[i]
-                drawn[model] += len(got[i])
+                if got.errors[i]:
+                    errors[i] = errors[i] or got.errors[i]
+                store[i].extend(got.answers[i])
+                txt[i].extend(got.texts[i])
+                cuts[i] += got.truncated[i]
+                drawn[model] += len(got.answers[i])
     return {
         "teacher": t_ans,
         "student": s_ans,
+        "teacher_texts": t_txt,
+        "student_texts": s_txt,
         "teacher_truncated": t_cut,
         "student_truncated": s_cut,
         "errors": errors,
@@ -577,7 +593,7 @@ def run_audit(
     choices = [c or None for c in table.column("choices").to_pylist()]
 
     with build_engine(scfg) as student:
-        s_ans, s_cut, s_err = draw_answers(
+        drawn = draw_answers(
             student, requests, [dcfg.n] * len(requests), dcfg, choices, model="student", round_=0
         )
     with build_engine(tcfg) as teacher:
@@ -587,9 +603,9 @@ def run_audit(
             None,
             dcfg,
             out_dir,
-            student_answers=s_ans,
-            student_errors=s_err,
-            student_truncated=s_cut,
+            student_answers=drawn.answers,
+            student_errors=drawn.errors,
+            student_truncated=drawn.truncated,
         )
     # The student's answers were drawn here, not reused from an earlier stage.
     summary["samples"]["student_drawn"] += summary["samples"].pop("student_reused")

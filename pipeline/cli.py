@@ -112,7 +112,7 @@ def _run_dir(run: str, root: str) -> Path:
 
 
 def cmd_audit(args) -> int:
-    from pipeline.audit import run_audit
+    from pipeline.audit import run_audit, summary_text
 
     cfg = _load(args)
     if cfg.models is None:
@@ -120,13 +120,8 @@ def cmd_audit(args) -> int:
     data = args.data or str(cfg.run_dir / "01-ingest" / "shard-*.parquet")
     out = Path(args.out) if args.out else cfg.run_dir / "audit"
     summary = run_audit(data, cfg.models.teacher, cfg.models.student, cfg.delta, out, limit=args.limit)
-    frac = summary["zero_delta_fraction"]
-    print(f"audit of {data}: {summary['n_scored']}/{summary['n_prompts']} prompts scored, "
-          f"zero-delta fraction {frac:.1%}" if frac is not None else "no prompt could be scored")
-    for key in ("by_source", "by_skill"):
-        for name, grp in summary[key].items():
-            print(f"  {key[3:]:<6} {name:<24} {grp['n']:>6} prompts, "
-                  f"zero-delta {grp['zero_delta_fraction']:.1%}")
+    print(f"audit of {data}")
+    print(summary_text(summary))
     print(f"summary: {out / 'audit.json'}; histogram: {out / 'delta_hist.png'}")
     return 0
 

@@ -6,7 +6,7 @@ Each sampled answer (already extracted, see pipeline/answers.py) falls into the 
 its normal form (:func:`pipeline.answers.normalize_answer`, with the prompt's choices).
 Classes are *equality* classes: relaxed matching (5% tolerance) is not transitive and so
 cannot define a partition. A None answer (no final answer: reasoning cut off, a refusal)
-forms its own class ``NO_ANSWER``; normal forms never start or end with punctuation, so
+forms its own class ``NO_ANSWER``; a normal form never ends with punctuation, so
 ``"[no answer]"`` cannot collide with a real answer.
 
 Δ

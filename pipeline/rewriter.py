@@ -1,9 +1,9 @@
 """LLM rewriting: template -> engine -> JSON -> schema check -> bounded retry -> accept/reject.
 
-    jobs = [RewriteJob(key="a", prompt=render_template("seed_guided", "extra_hop", ctx), image=png)]
-    results = rewrite(engine, jobs, max_attempts=3)
-    results[0].proposal   # {"question", "expected_answer", "answer_type", "skill", "rationale"} or None
-    results[0].rejected   # None, or a stable reason: rewriter_invalid_json / _schema_invalid / _engine_error
+    prompt = render_template("seed_guided", "extra_hop", ctx)
+    results = rewrite(engine, [RewriteJob(key="a", prompt=prompt, image=png)], max_attempts=3)
+    results[0].proposal  # {"question", "expected_answer", "answer_type", "skill", "rationale"}
+    results[0].rejected  # None, or rewriter_invalid_json / _schema_invalid / _engine_error
 
 Templates are data: ``prompts_templates/rewrite/<kind>/<name>.j2`` (kinds: ``seed_guided``,
 ``skill_guided``); files whose name starts with ``_`` are shared partials (the JSON-output
@@ -67,8 +67,12 @@ REJECT_ENGINE_ERROR = "rewriter_engine_error"
 def template_env(root: str | Path = TEMPLATE_DIR) -> jinja2.Environment:
     # StrictUndefined: a template naming a variable the stage does not provide fails loudly
     # at render time instead of sending the model an empty hole.
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(root)), undefined=jinja2.StrictUndefined,
-                              keep_trailing_newline=False, autoescape=False)
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(root)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=False,
+        autoescape=False,
+    )
 
 
 def list_templates(kind: str, root: str | Path = TEMPLATE_DIR) -> list[str]:
@@ -79,13 +83,20 @@ def list_templates(kind: str, root: str | Path = TEMPLATE_DIR) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.j2") if not p.name.startswith("_"))
 
 
-def render_template(kind: str, name: str, context: dict[str, Any], root: str | Path = TEMPLATE_DIR,
-                    env: jinja2.Environment | None = None) -> str:
+def render_template(
+    kind: str,
+    name: str,
+    context: dict[str, Any],
+    root: str | Path = TEMPLATE_DIR,
+    env: jinja2.Environment | None = None,
+) -> str:
     env = env or template_env(root)
     try:
         return env.get_template(f"{kind}/{name}.j2").render(**context).strip()
     except jinja2.TemplateNotFound:
-        raise ValueError(f"no template {kind}/{name}.j2 under {root}; have {list_templates(kind, root)}") from None
+        raise ValueError(
+            f"no template {kind}/{name}.j2 under {root}; have {list_templates(kind, root)}"
+        ) from None
 
 
 def feedback_text(error: str, env: jinja2.Environment | None = None) -> str:
@@ -120,15 +131,18 @@ def parse_response(text: str) -> dict[str, Any]:
     try:
         obj, _ = json.JSONDecoder().raw_decode(body[start:])
     except json.JSONDecodeError as e:
-        raise ResponseError(REJECT_INVALID_JSON, f"the JSON object does not parse: {e.msg} "
-                                                 f"at character {e.pos}") from None
+        raise ResponseError(
+            REJECT_INVALID_JSON, f"the JSON object does not parse: {e.msg} at character {e.pos}"
+        ) from None
     errors = sorted(_VALIDATOR.iter_errors(obj), key=lambda e: (list(e.absolute_path), e.message))
     if errors:
         parts = []
         for e in errors[:3]:
             where = "/".join(str(p) for p in e.absolute_path) or "the object"
             parts.append(f"{where}: {e.message}")
-        raise ResponseError(REJECT_SCHEMA_INVALID, "the JSON does not match the schema: " + "; ".join(parts))
+        raise ResponseError(
+            REJECT_SCHEMA_INVALID, "the JSON does not match the schema: " + "; ".join(parts)
+        )
     return _tidy(obj)
 
 
@@ -170,17 +184,31 @@ class _StillInvalid(Exception):
     """Raised inside a tenacity attempt while some jobs remain invalid."""
 
 
-def _request(job: RewriteJob, reply: str | None, error: str | None, env: jinja2.Environment) -> Request:
+def _request(
+    job: RewriteJob, reply: str | None, error: str | None, env: jinja2.Environment
+) -> Request:
     messages = user_message(job.prompt, n_images=1 if job.image is not None else 0)
     if reply is not None:
         messages.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
-        messages.append({"role": "user", "content": [{"type": "text", "text": feedback_text(error or "", env)}]})
-    return Request(messages=messages, images=[job.image] if job.image is not None else [], id=job.key)
+        messages.append(
+            {"role": "user", "content": [{"type": "text", "text": feedback_text(error or "", env)}]}
+        )
+    return Request(
+        messages=messages, images=[job.image] if job.image is not None else [], id=job.key
+    )
 
 
-def rewrite(engine: Engine, jobs: list[RewriteJob], *, max_attempts: int = 3, temperature: float = 0.7,
-            top_p: float = 1.0, max_tokens: int = 384, seed: int = 0,
-            env: jinja2.Environment | None = None) -> list[RewriteResult]:
+def rewrite(
+    engine: Engine,
+    jobs: list[RewriteJob],
+    *,
+    max_attempts: int = 3,
+    temperature: float = 0.7,
+    top_p: float = 1.0,
+    max_tokens: int = 384,
+    seed: int = 0,
+    env: jinja2.Environment | None = None,
+) -> list[RewriteResult]:
     """Run every job through ``engine`` with up to ``max_attempts`` batched rounds.
 
     An engine error for a request (corrupt image, prompt over the context) rejects that
@@ -196,8 +224,14 @@ def rewrite(engine: Engine, jobs: list[RewriteJob], *, max_attempts: int = 3, te
         nonlocal pending
         reqs = [_request(jobs[i], results[i].last_reply, results[i].error, env) for i in pending]
         # A new seed per round: the same prompt must not replay the same invalid draw.
-        outs = engine.sample(reqs, n=1, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                             seed=seed + 7919 * round_no)
+        outs = engine.sample(
+            reqs,
+            n=1,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            seed=seed + 7919 * round_no,
+        )
         still = []
         for i, out in zip(pending, outs):
             r = results[i]
@@ -216,9 +250,12 @@ def rewrite(engine: Engine, jobs: list[RewriteJob], *, max_attempts: int = 3, te
         if pending:
             raise _StillInvalid(f"{len(pending)} replies invalid after round {round_no}")
 
-    retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(max_attempts),
-                                 retry=tenacity.retry_if_exception_type(_StillInvalid),
-                                 wait=tenacity.wait_none(), reraise=False)
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(max_attempts),
+        retry=tenacity.retry_if_exception_type(_StillInvalid),
+        wait=tenacity.wait_none(),
+        reraise=False,
+    )
     if pending:
         try:
             for attempt in retrying:

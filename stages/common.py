@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -34,33 +33,16 @@ def _cuda_available() -> bool:
         return False
 
 
-@dataclass
-class Sampled:
-    texts: list[str]
-    answers: list[str | None]
-    error: str | None = None
+def draw(engine, table: pa.Table, cfg, counts: list[int], model: str, round_: int):
+    """Sample `counts[i]` answers for row i with the run's sampling settings.
 
+    Returns `pipeline.audit.Drawn` (texts, extracted answers, truncation, errors per row).
+    """
+    from pipeline.audit import draw_answers, requests_from_table
 
-def sample_table(engine, table: pa.Table, cfg, n: int, seed_offset: int = 0) -> list[Sampled]:
-    """Sample `n` answers per row with the run's sampling settings; extract final answers."""
-    from pipeline.answers import extract_answer
-    from pipeline.audit import requests_from_table
-
-    if n <= 0 or table.num_rows == 0:
-        return [Sampled([], []) for _ in range(table.num_rows)]
-    d = cfg.delta
-    requests = requests_from_table(table, instruction=d.instruction)
-    results = engine.sample(requests, n=n, temperature=d.temperature, top_p=d.top_p,
-                            max_tokens=d.max_tokens, seed=d.seed + seed_offset)
-    choices = table.column("choices").to_pylist()
-    out = []
-    for res, ch in zip(results, choices):
-        if res.error:
-            out.append(Sampled([], [], res.error))
-            continue
-        texts = [c.text for c in res.completions]
-        out.append(Sampled(texts, [extract_answer(t, ch or None) for t in texts]))
-    return out
+    requests = requests_from_table(table, instruction=cfg.delta.instruction)
+    choices = [c or None for c in table.column("choices").to_pylist()]
+    return draw_answers(engine, requests, counts, cfg.delta, choices, model=model, round_=round_)
 
 
 def add_columns(table: pa.Table, columns: dict[str, tuple[pa.DataType, list[Any]]]) -> pa.Table:

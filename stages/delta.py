@@ -15,7 +15,7 @@ import json
 import pyarrow as pa
 
 from pipeline.stage import ShardOutput, Stage
-from stages.common import SAMPLING_KEYS, add_columns, engine_resources, keep_rows, sample_table
+from stages.common import add_columns, engine_resources, keep_rows
 
 COLUMNS = {
     "teacher_samples": "the teacher's raw outputs (adaptive: k, or N when not settled early)",
@@ -32,17 +32,22 @@ COLUMNS = {
 
 
 class _LazyStudent:
-    """The student engine, loaded only if some row has no student samples."""
+    """The student engine, built on first use: only rows without student samples (the
+    rewrite stage's new prompts) need it, and loading a model costs minutes on a GPU."""
 
     def __init__(self, cfg):
         self.cfg, self.engine = cfg, None
 
-    def get(self):
+    def sample(self, requests, **kw):
         if self.engine is None:
             from pipeline.engines import build_engine
 
             self.engine = build_engine(self.cfg.models.student)
-        return self.engine
+        return self.engine.sample(requests, **kw)
+
+    def close(self):
+        if self.engine is not None:
+            self.engine.close()
 
 
 class _Engines:
@@ -54,8 +59,7 @@ class _Engines:
 
     def close(self):
         self.teacher.close()
-        if self.student.engine is not None:
-            self.student.engine.close()
+        self.student.close()
 
 
 class DeltaStage(Stage):
@@ -74,71 +78,50 @@ class DeltaStage(Stage):
         return _Engines(cfg)
 
     def process(self, cfg, state, task, table):
-        from pipeline.delta import delta_report, first_round_draws, further_draws
+        from pipeline.audit import requests_from_table, sample_adaptive
+        from pipeline.delta import delta_report
 
-        d = cfg.delta
-        n_rows = table.num_rows
-        have_s = (table.column("student_answers").to_pylist() if "student_answers" in table.column_names
-                  else [None] * n_rows)
-        have_texts = (table.column("student_samples").to_pylist() if "student_samples" in table.column_names
-                      else [None] * n_rows)
-        t_texts = [[] for _ in range(n_rows)]
-        t_ans = [[] for _ in range(n_rows)]
-        s_texts = [list(x or []) for x in have_texts]
-        s_ans = [list(x or []) for x in have_s]
-        errors: list[str | None] = [None] * n_rows
-        choices = table.column("choices").to_pylist()
+        d, n = cfg.delta, table.num_rows
 
-        def draw(engine_get, who_texts, who_ans, rows, n, round_no):
-            if not rows:
-                return
-            sub = table.take(pa.array(rows, pa.int64()))
-            for r, s in zip(rows, sample_table(engine_get(), sub, cfg, n, seed_offset=round_no)):
-                if s.error:
-                    errors[r] = errors[r] or s.error
-                else:
-                    who_texts[r] += s.texts
-                    who_ans[r] += s.answers
+        def column(name):
+            return table.column(name).to_pylist() if name in table.column_names else [None] * n
 
-        # Round 1: k (or N) per model for every prompt lacking them.
-        need = [first_round_draws(0, len(s_ans[r]), d) for r in range(n_rows)]
-        draw(lambda: state.teacher, t_texts, t_ans, [r for r in range(n_rows) if need[r][0]], need[0][0] if n_rows else 0, 1)
-        s_rows = [r for r in range(n_rows) if need[r][1]]
-        for m in sorted({need[r][1] for r in s_rows}):
-            draw(state.student.get, s_texts, s_ans, [r for r in s_rows if need[r][1] == m], m, 1)
-        # Round 2: the rest of the budget, only where the two sides are not settled.
-        more = [further_draws(t_ans[r], s_ans[r], d, choices[r] or None) if not errors[r] else (0, 0)
-                for r in range(n_rows)]
-        for m in sorted({x[0] for x in more if x[0]}):
-            draw(lambda: state.teacher, t_texts, t_ans, [r for r in range(n_rows) if more[r][0] == m], m, 2)
-        for m in sorted({x[1] for x in more if x[1]}):
-            draw(state.student.get, s_texts, s_ans, [r for r in range(n_rows) if more[r][1] == m], m, 2)
-
+        choices = [c or None for c in table.column("choices").to_pylist()]
+        have_answers = [a or [] for a in column("student_answers")]
+        got = sample_adaptive(state.teacher, state.student, requests_from_table(table, d.instruction),
+                              choices, d, student_answers=have_answers,
+                              student_texts=[t or [] for t in column("student_samples")])
         keep, reports, skipped = [], [], {}
-        for r in range(n_rows):
-            if errors[r] or not t_ans[r] or not s_ans[r]:
+        for i in range(n):
+            ok = not got["errors"][i] and got["teacher"][i] and got["student"][i]
+            keep.append(bool(ok))
+            if ok:
+                reports.append(delta_report(got["teacher"][i], got["student"][i], d, choices[i]))
+            else:
                 skipped["engine_error"] = skipped.get("engine_error", 0) + 1
-                keep.append(False)
-                continue
-            keep.append(True)
-            reports.append(delta_report(t_ans[r], s_ans[r], d, choices[r] or None))
-        kept = [r for r in range(n_rows) if keep[r]]
+        kept = [i for i in range(n) if keep[i]]
+
+        def rows(key):
+            return [got[key][i] for i in kept]
+
+        def rep(key):
+            return [r[key] for r in reports]
+
         out = add_columns(keep_rows(table, keep), {
-            "student_samples": (pa.list_(pa.string()), [s_texts[r] for r in kept]),
-            "student_answers": (pa.list_(pa.string()), [s_ans[r] for r in kept]),
-            "teacher_samples": (pa.list_(pa.string()), [t_texts[r] for r in kept]),
-            "teacher_answers": (pa.list_(pa.string()), [t_ans[r] for r in kept]),
-            "delta": (pa.float64(), [x["delta"] for x in reports]),
-            "delta_low": (pa.float64(), [x["ci_low"] for x in reports]),
-            "delta_high": (pa.float64(), [x["ci_high"] for x in reports]),
-            "zero_delta": (pa.bool_(), [x["zero_delta"] for x in reports]),
-            "teacher_majority": (pa.string(), [x["teacher_majority"] for x in reports]),
-            "teacher_agreement": (pa.float64(), [x["teacher_agreement"] for x in reports]),
-            "student_majority": (pa.string(), [x["student_majority"] for x in reports]),
-            "student_agreement": (pa.float64(), [x["student_agreement"] for x in reports]),
+            "student_samples": (pa.list_(pa.string()), rows("student_texts")),
+            "student_answers": (pa.list_(pa.string()), rows("student")),
+            "teacher_samples": (pa.list_(pa.string()), rows("teacher_texts")),
+            "teacher_answers": (pa.list_(pa.string()), rows("teacher")),
+            "delta": (pa.float64(), rep("delta")),
+            "delta_low": (pa.float64(), rep("ci_low")),
+            "delta_high": (pa.float64(), rep("ci_high")),
+            "zero_delta": (pa.bool_(), rep("zero_delta")),
+            "teacher_majority": (pa.string(), rep("teacher_majority")),
+            "teacher_agreement": (pa.float64(), rep("teacher_agreement")),
+            "student_majority": (pa.string(), rep("student_majority")),
+            "student_agreement": (pa.float64(), rep("student_agreement")),
         })
-        drawn = sum(len(t_ans[r]) for r in kept) + sum(len(s_ans[r]) - len(have_s[r] or []) for r in kept)
-        return ShardOutput(out, skipped=skipped, stats={"samples_drawn": drawn, "prompts": len(kept)})
+        return ShardOutput(out, skipped=skipped, stats={"samples_drawn": got["drawn"]})
 
     def finalize(self, cfg, stage_dir, tables):
         table = pa.concat_tables(tables, promote_options="default")

@@ -15,7 +15,7 @@ from collections import defaultdict
 import pyarrow as pa
 
 from pipeline.stage import ShardOutput, Stage
-from stages.common import SAMPLING_KEYS, add_columns, engine_resources, keep_rows, sample_table
+from stages.common import SAMPLING_KEYS, add_columns, draw, engine_resources, keep_rows
 
 COLUMNS = {
     "student_samples": "the student's N raw outputs (sampled with the run's delta.* settings)",
@@ -48,20 +48,22 @@ class MineStage(Stage):
 
         if cfg.mine.tag_skills:
             table = _tag_missing_skills(state, table)
-        sampled = sample_table(state.student, table, cfg, cfg.delta.n)
+        got = draw(state.student, table, cfg, [cfg.delta.n] * table.num_rows, "student", round_=0)
         golds = table.column("answers").to_pylist()
+        choices = table.column("choices").to_pylist()
         keep, samples, answers, acc, failed, skipped = [], [], [], [], [], {}
-        for s, gold in zip(sampled, golds):
-            if s.error:
+        for texts, ans, err, gold, ch in zip(got.texts, got.answers, got.errors, golds, choices):
+            if err:
                 skipped["engine_error"] = skipped.get("engine_error", 0) + 1
                 keep.append(False)
                 continue
             keep.append(True)
-            samples.append(s.texts)
-            answers.append(s.answers)
+            samples.append(texts)
+            answers.append(ans)
             if gold:
-                a = sum(x is not None and answers_match(x, gold, mode=cfg.mine.grading)
-                        for x in s.answers) / len(s.answers)
+                a = sum(x is not None and answers_match(x, gold, mode=cfg.mine.grading,
+                                                        choices=ch or None)
+                        for x in ans) / len(ans)
                 acc.append(a)
                 failed.append(a < cfg.mine.fail_below)
             else:

@@ -42,14 +42,14 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from pipeline.stage import ShardOutput, ShardTask, Stage
-from stages.common import SAMPLING_KEYS, add_columns, engine_resources, sample_table
+from stages.common import SAMPLING_KEYS, add_columns, draw, engine_resources
 
 COLUMNS = {
     "origin": "where the prompt comes from: seed | seed_guided | skill_guided | programmatic",
-    "template": "rewrite template (LLM) or chart-world strategy (programmatic) that made it; null for seeds",
-    "rewriter": "the rewriter: its model (path or id) or chartworld-programmatic; null for seeds",
+    "template": "LLM template or chart-world strategy that made the prompt; null for seeds",
+    "rewriter": "the rewriter's model (path or id) or chartworld-programmatic; null for seeds",
     "attempts": "rewriter calls until a valid reply (1 = first try); null for seeds",
-    "pseudo_label_agreement": "share of the teacher's answers in its majority class; null for seeds",
+    "pseudo_label_agreement": "share of teacher answers in its majority class; null for seeds",
 }
 LINEAGE_FIELDS = [
     pa.field("origin", pa.string()),
@@ -82,8 +82,14 @@ class Verdict:
     majority: str | None  # the majority's raw answer text (first sample in that class)
 
 
-def pseudo_label(teacher_answers: list[str | None], *, min_agreement: float, expected: str | None,
-                 match_mode: str = "relaxed", require: bool = True) -> Verdict:
+def pseudo_label(
+    teacher_answers: list[str | None],
+    *,
+    min_agreement: float,
+    expected: str | None,
+    match_mode: str = "relaxed",
+    require: bool = True,
+) -> Verdict:
     """The teacher-consistency decision for one new prompt.
 
     ``expected``: the rewriter's (or the chart's exact) answer, checked against the
@@ -112,15 +118,23 @@ def pseudo_label(teacher_answers: list[str | None], *, min_agreement: float, exp
     return Verdict(reason is None, reason, agreement, raw)
 
 
-def select_seeds(rows: list[dict], *, max_accuracy: float, per_skill: int | None,
-                 rng: random.Random) -> list[int]:
+def select_seeds(
+    rows: list[dict], *, max_accuracy: float, per_skill: int | None, rng: random.Random
+) -> list[int]:
     """Indices of the seeds to rewrite: failed or below ``max_accuracy``, lowest accuracy
     first (seeded order among equals), at most ``per_skill`` per skill."""
-    cands = [i for i, r in enumerate(rows)
-             if r.get("student_failed") or (r.get("student_accuracy") is not None
-                                            and r["student_accuracy"] < max_accuracy)]
+    cands = [
+        i
+        for i, r in enumerate(rows)
+        if r.get("student_failed")
+        or (r.get("student_accuracy") is not None and r["student_accuracy"] < max_accuracy)
+    ]
     rng.shuffle(cands)
-    cands.sort(key=lambda i: rows[i]["student_accuracy"] if rows[i].get("student_accuracy") is not None else 0.0)
+    cands.sort(
+        key=lambda i: (
+            rows[i]["student_accuracy"] if rows[i].get("student_accuracy") is not None else 0.0
+        )
+    )
     taken: Counter = Counter()
     out = []
     for i in cands:
@@ -193,7 +207,13 @@ class RewriteStage(Stage):
     number = 3
     name = "rewrite"
     input_stage = "mine"
-    config_keys: ClassVar[list[str]] = ["models.teacher", "models.rewriter", "rewrite", "mine.grading", *SAMPLING_KEYS]
+    config_keys: ClassVar[list[str]] = [
+        "models.teacher",
+        "models.rewriter",
+        "rewrite",
+        "mine.grading",
+        *SAMPLING_KEYS,
+    ]
     uses_models = True
 
     def enabled(self, cfg) -> bool:
@@ -204,8 +224,10 @@ class RewriteStage(Stage):
 
     def plan(self, cfg, input_indices):
         # The shard count sets each shard's share of the run-wide per-skill quota.
-        return [ShardTask(index=i, input_shards=[i], payload={"n_shards": len(input_indices)})
-                for i in input_indices]
+        return [
+            ShardTask(index=i, input_shards=[i], payload={"n_shards": len(input_indices)})
+            for i in input_indices
+        ]
 
     def setup(self, cfg):
         return _Engines(cfg)
@@ -217,8 +239,10 @@ class RewriteStage(Stage):
         table = pa.concat_tables(tables, promote_options="default")
         summary = rewrite_summary(table)
         (stage_dir / "rewrite_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        return {"seeds": summary["by_origin"].get("seed", {}).get("rows", 0),
-                "synthesised": summary["synthesised"]}
+        return {
+            "seeds": summary["by_origin"].get("seed", {}).get("rows", 0),
+            "synthesised": summary["synthesised"],
+        }
 
 
 def rewrite_summary(table: pa.Table) -> dict:
@@ -254,7 +278,8 @@ class ShardRewrite:
         rc = self.cfg.rewrite
         for col in ("student_accuracy", "student_failed"):
             if col not in self.table.column_names:
-                raise ValueError(f"rewrite needs the mine stage's {col!r} column; input has {self.table.column_names}")
+                have = self.table.column_names
+                raise ValueError(f"rewrite needs the mine stage's {col!r} column; input has {have}")
         self.rc = rc
         self.rng = random.Random(f"rewrite:{rc.seed}:{self.task.index}")
         self.rows = self.table.to_pylist()
@@ -267,8 +292,12 @@ class ShardRewrite:
     def run(self) -> ShardOutput:
         rc = self.rc
         n_shards = max(1, int(self.task.payload.get("n_shards", 1)))
-        quota = None if rc.max_seeds_per_skill is None else math.ceil(rc.max_seeds_per_skill / n_shards)
-        selected = select_seeds(self.rows, max_accuracy=rc.max_student_accuracy, per_skill=quota, rng=self.rng)
+        quota = (
+            None if rc.max_seeds_per_skill is None else math.ceil(rc.max_seeds_per_skill / n_shards)
+        )
+        selected = select_seeds(
+            self.rows, max_accuracy=rc.max_student_accuracy, per_skill=quota, rng=self.rng
+        )
         self.stats["seeds"] = len(self.rows)
         self.stats["seeds_selected"] = len(selected)
         kept: list[Candidate] = []
@@ -284,7 +313,8 @@ class ShardRewrite:
             kept += self.label(self.skill_guided(pass1, selected), pass_no=2)
         for c in kept:
             self.stats[f"accepted_{c.row['origin']}"] += 1
-        return ShardOutput(self.assemble(kept), skipped=dict(self.skipped), stats=dict(self.stats))
+        skipped = {k: v for k, v in self.skipped.items() if v}
+        return ShardOutput(self.assemble(kept), skipped=skipped, stats=dict(self.stats))
 
     # -- passes --------------------------------------------------------------------------
 
@@ -306,9 +336,14 @@ class ShardRewrite:
         if not jobs:
             return []
         rc = self.rc
-        results = rewrite(self.engines.rewriter(), jobs, max_attempts=rc.max_attempts,
-                          temperature=rc.temperature, max_tokens=rc.max_tokens,
-                          seed=self.engine_seed + pass_no)
+        results = rewrite(
+            self.engines.rewriter(),
+            jobs,
+            max_attempts=rc.max_attempts,
+            temperature=rc.temperature,
+            max_tokens=rc.max_tokens,
+            seed=self.engine_seed + pass_no,
+        )
         for r in results:
             self.stats["rewriter_calls"] += r.attempts
             if r.proposal is None:
@@ -327,11 +362,17 @@ class ShardRewrite:
             self.rng.shuffle(order)
             for v in range(rc.variants_per_seed):
                 tpl = order[v % len(order)]
-                ctx = {"question": seed["question"], "gold_answers": seed["answers"] or [],
-                       "wrong_answers": wrong_answers(seed, self.cfg.mine.grading), "skill": seed["skill"],
-                       "student_accuracy": seed["student_accuracy"]}
+                ctx = {
+                    "question": seed["question"],
+                    "gold_answers": seed["answers"] or [],
+                    "wrong_answers": wrong_answers(seed, self.cfg.mine.grading),
+                    "skill": seed["skill"],
+                    "student_accuracy": seed["student_accuracy"],
+                }
                 key = f"{seed['id']}:{v}"
-                jobs.append(RewriteJob(key, render_template("seed_guided", tpl, ctx), self._image_for(seed)))
+                jobs.append(
+                    RewriteJob(key, render_template("seed_guided", tpl, ctx), self._image_for(seed))
+                )
                 meta[key] = (seed, tpl)
         out = []
         for res in self._run_rewriter(jobs, 1):
@@ -346,6 +387,7 @@ class ShardRewrite:
 
         rc = self.rc
         names = self._templates("skill_guided", rc.skill_templates)
+        self.rng.shuffle(names)  # then used in turn, so every template gets its share
         by_skill: dict[str, list[Candidate]] = defaultdict(list)
         for c in pass1:
             by_skill[c.row["skill"]].append(c)
@@ -361,18 +403,26 @@ class ShardRewrite:
             self.rng.shuffle(used)
             images, seen_img = [], {self._image_hash(r) for r in self.rows if r["id"] in sources}
             for r in fresh + used:
+                if len(images) >= rc.images_per_skill:
+                    break
                 h = self._image_hash(r)
                 if h not in seen_img:
                     seen_img.add(h)
                     images.append(r)
-                if len(images) >= rc.images_per_skill:
-                    break
             examples = [c.row["question"] for c in by_skill[skill][:EXAMPLES_PER_SKILL]]
-            for j, target in enumerate(images):
-                tpl = names[(j + len(jobs)) % len(names)]
-                ctx = {"skill": skill, "examples": examples, "existing_question": target["question"]}
+            for target in images:
+                tpl = names[len(jobs) % len(names)]
+                ctx = {
+                    "skill": skill,
+                    "examples": examples,
+                    "existing_question": target["question"],
+                }
                 key = f"{skill}:{target['id']}"
-                jobs.append(RewriteJob(key, render_template("skill_guided", tpl, ctx), self._image_for(target)))
+                jobs.append(
+                    RewriteJob(
+                        key, render_template("skill_guided", tpl, ctx), self._image_for(target)
+                    )
+                )
                 meta[key] = (target, tpl, by_skill[skill][0])
         out = []
         for res in self._run_rewriter(jobs, 2):
@@ -402,21 +452,42 @@ class ShardRewrite:
                 self.skipped["programmatic_no_skill"] += 1
                 continue
             img = (seed["image"] or {}).get("bytes")
-            variants = rewrite_variants(seed["skill"], rc.variants_per_seed, world, self.rng, parent=chart,
-                                        parent_image=img, parent_question=seed["question"],
-                                        strategies=rc.strategies or None)
+            variants = rewrite_variants(
+                seed["skill"],
+                rc.variants_per_seed,
+                world,
+                self.rng,
+                parent=chart,
+                parent_image=img,
+                parent_question=seed["question"],
+                strategies=rc.strategies or None,
+            )
             self.skipped["programmatic_unaskable"] += rc.variants_per_seed - len(variants)
             for v in variants:
                 image = img if v.style_seed is None else normalize_image(v.image)
                 row = make_prompt_row(
-                    source=seed["source"], question=v.qa.question, image_bytes=image, answers=[v.qa.answer],
-                    split=seed["split"], skill=v.qa.skill, parent_id=seed["id"],
-                    meta={"chart": v.chart.to_json(), "family": v.qa.family, "reasoning": v.qa.reasoning,
-                          "strategy": v.strategy, "style_seed": v.style_seed, "pass": "programmatic"},
-                    image_path=(seed["image"] or {}).get("path") if v.style_seed is None else None)
+                    source=seed["source"],
+                    question=v.qa.question,
+                    image_bytes=image,
+                    answers=[v.qa.answer],
+                    split=seed["split"],
+                    skill=v.qa.skill,
+                    parent_id=seed["id"],
+                    meta={
+                        "chart": v.chart.to_json(),
+                        "family": v.qa.family,
+                        "reasoning": v.qa.reasoning,
+                        "strategy": v.strategy,
+                        "style_seed": v.style_seed,
+                        "pass": "programmatic",
+                    },
+                    image_path=(seed["image"] or {}).get("path") if v.style_seed is None else None,
+                )
                 if v.style_seed is not None:  # a new picture gets a name of its own
                     row["image"]["path"] = f"chartworld-rewrite-{row['id']}.png"
-                row.update(origin="programmatic", template=v.strategy, rewriter=PROGRAMMATIC, attempts=1)
+                row.update(
+                    origin="programmatic", template=v.strategy, rewriter=PROGRAMMATIC, attempts=1
+                )
                 out.extend(self._dedup(Candidate(row, v.qa.answer, exact=True)))
         return out
 
@@ -431,19 +502,36 @@ class ShardRewrite:
 
         return hashlib.sha256((row["image"] or {}).get("bytes") or b"").digest()
 
-    def _llm_candidate(self, parent: dict, target: dict, res, origin: str, tpl: str) -> list[Candidate]:
+    def _llm_candidate(
+        self, parent: dict, target: dict, res, origin: str, tpl: str
+    ) -> list[Candidate]:
         from pipeline.schema import make_prompt_row
 
         p = res.proposal
         image = target["image"] or {}
         row = make_prompt_row(
-            source=target["source"], question=p["question"], image_bytes=image.get("bytes"),
-            answers=[p["expected_answer"]] if p["expected_answer"] else [], split=target["split"],
-            skill=p["skill"], parent_id=parent["id"],
-            meta={"answer_type": p["answer_type"], "rationale": p["rationale"],
-                  "expected_answer": p["expected_answer"], "pass": origin, "image_of": target["id"]},
-            image_path=image.get("path"))
-        row.update(origin=origin, template=tpl, rewriter=self.engines.rewriter_name(), attempts=res.attempts)
+            source=target["source"],
+            question=p["question"],
+            image_bytes=image.get("bytes"),
+            answers=[p["expected_answer"]] if p["expected_answer"] else [],
+            split=target["split"],
+            skill=p["skill"],
+            parent_id=parent["id"],
+            meta={
+                "answer_type": p["answer_type"],
+                "rationale": p["rationale"],
+                "expected_answer": p["expected_answer"],
+                "pass": origin,
+                "image_of": target["id"],
+            },
+            image_path=image.get("path"),
+        )
+        row.update(
+            origin=origin,
+            template=tpl,
+            rewriter=self.engines.rewriter_name(),
+            attempts=res.attempts,
+        )
         return self._dedup(Candidate(row, p["expected_answer"]))
 
     def _dedup(self, c: Candidate) -> list[Candidate]:
@@ -464,15 +552,22 @@ class ShardRewrite:
         rc = self.rc
         n = rc.label_samples or self.cfg.delta.n
         sub = rows_to_table([c.row for c in cands])
-        sampled = sample_table(self.engines.teacher(), sub, self.cfg, n, seed_offset=100 + pass_no)
+        got = draw(
+            self.engines.teacher(), sub, self.cfg, [n] * len(cands), "teacher", round_=100 + pass_no
+        )
         self.stats["teacher_label_samples"] += n * len(cands)
         kept = []
-        for c, s in zip(cands, sampled):
-            if s.error:
+        for c, answers, error in zip(cands, got.answers, got.errors):
+            if error:
                 self.skipped["teacher_engine_error"] += 1
                 continue
-            v = pseudo_label(s.answers, min_agreement=rc.min_agreement, expected=c.expected,
-                             match_mode=self.cfg.mine.grading, require=not c.exact or rc.filter_programmatic)
+            v = pseudo_label(
+                answers,
+                min_agreement=rc.min_agreement,
+                expected=c.expected,
+                match_mode=self.cfg.mine.grading,
+                require=not c.exact or rc.filter_programmatic,
+            )
             if not v.keep:
                 self.skipped[v.reason] += 1
                 continue
@@ -481,19 +576,24 @@ class ShardRewrite:
             meta["teacher_majority"] = v.majority
             c.row["meta"] = json.dumps(meta, sort_keys=True, default=str)
             if not c.row["answers"] and v.majority is not None:
-                c.row["answers"] = [v.majority]  # no proposed answer: the teacher's majority is the label
+                c.row["answers"] = [
+                    v.majority
+                ]  # no proposed answer: the teacher's majority is the label
             kept.append(c)
         return kept
 
     def assemble(self, kept: list[Candidate]) -> pa.Table:
         n = self.table.num_rows
-        seeds = add_columns(self.table, {
-            "origin": (pa.string(), ["seed"] * n),
-            "template": (pa.string(), [None] * n),
-            "rewriter": (pa.string(), [None] * n),
-            "attempts": (pa.int32(), [None] * n),
-            "pseudo_label_agreement": (pa.float64(), [None] * n),
-        })
+        seeds = add_columns(
+            self.table,
+            {
+                "origin": (pa.string(), ["seed"] * n),
+                "template": (pa.string(), [None] * n),
+                "rewriter": (pa.string(), [None] * n),
+                "attempts": (pa.int32(), [None] * n),
+                "pseudo_label_agreement": (pa.float64(), [None] * n),
+            },
+        )
         if not kept:
             return seeds
         # New rows take the seeds' exact schema: columns they lack (student_*, anything

@@ -1,0 +1,234 @@
+"""Benchmark: transformers engine, prefill-once vs plain ``generate(num_return_sequences=n)``.
+
+Both methods see the same prompts in the same batches (sorted by length, left-padded by
+the engine's own collate) and decode a fixed number of tokens (EOS ignored; generate gets
+``min_new_tokens = max_new_tokens``), so they produce the same number of output tokens and
+differ only in how the n samples are obtained:
+
+* plain: ``generate`` repeats every prompt n times before the forward, so the vision
+  encoder and the prompt prefill run n times per prompt;
+* prefill-once: ``TransformersEngine.sample`` prefills each prompt once and repeats the KV
+  cache n times.
+
+The model is a random-weight Qwen3-VL built offline by ``pipeline.tiny_models`` at the
+size given on the command line (the real checkpoints cannot be downloaded here). Results
+go to ``benchmarks/results/engines.md`` and ``engines.json``.
+
+    python -m benchmarks.bench_engines --prompts 16 --image-size 224 --tokens 32 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def chart_image(seed: int, size: int):
+    """A synthetic bar chart (distinct per seed) so every prompt has its own image."""
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    img = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(img)
+    bars = rng.randint(3, 8)
+    step = size // (bars + 1)
+    for b in range(bars):
+        top = rng.randint(size // 8, size - size // 8)
+        colour = tuple(rng.randint(0, 220) for _ in range(3))
+        draw.rectangle([step * b + step // 2, top, step * b + step, size - 2], fill=colour)
+    return img
+
+
+QUESTIONS = [
+    "What is the value of the largest bar?",
+    "How many bars are there in the chart?",
+    "Which category has the smallest share?",
+    "What is the difference between the highest and the lowest values?",
+]
+
+
+def build_model(out_dir: Path, args) -> Path:
+    from pipeline.tiny_models import build_tiny_qwen3vl, build_tokenizer
+
+    return build_tiny_qwen3vl(
+        out_dir, build_tokenizer(vocab_size=args.vocab_size),
+        hidden_size=args.hidden, num_layers=args.layers, num_heads=args.hidden // 64,
+        head_dim=64, intermediate_size=args.hidden * 3, vision_depth=args.vision_depth,
+        vision_hidden=args.vision_hidden, image_size=args.image_size, seed=0,
+    )
+
+
+def run_plain_generate(engine, requests, n: int, tokens: int) -> int:
+    """``generate(num_return_sequences=n)`` over the engine's own batches; output tokens."""
+    import torch
+
+    prepared, errors = engine._prepare_all(requests)
+    assert not errors, errors
+    produced = 0
+    with torch.inference_mode():
+        for items in engine._batches(prepared):
+            batch = engine.collate(items)
+            out = engine.model.generate(
+                **batch, do_sample=True, temperature=0.7, top_p=1.0,
+                num_return_sequences=n, max_new_tokens=tokens, min_new_tokens=tokens,
+            )
+            produced += (out.shape[1] - batch["input_ids"].shape[1]) * out.shape[0]
+    return produced
+
+
+def run_prefill_once(engine, requests, n: int, tokens: int) -> int:
+    results = engine.sample(requests, n=n, temperature=0.7, max_tokens=tokens, seed=0,
+                            ignore_eos=True)
+    assert all(r.error is None for r in results), [r.error for r in results]
+    return sum(len(c.token_ids) for r in results for c in r.completions)
+
+
+def timed(fn, *args) -> tuple[int, float]:
+    start = time.perf_counter()
+    produced = fn(*args)
+    return produced, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[32, 256])
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts per forward")
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--vision-hidden", type=int, default=256)
+    parser.add_argument("--vision-depth", type=int, default=4)
+    parser.add_argument("--vocab-size", type=int, default=512)
+    parser.add_argument("--model", default=None, help="an existing checkpoint instead")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--out", default="benchmarks/results/engines")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from pipeline.engines import EngineConfig, Request, build_engine, user_message
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tmp = tempfile.TemporaryDirectory()
+    model_dir = Path(args.model) if args.model else build_model(Path(tmp.name) / "bench", args)
+    engine = build_engine(EngineConfig(engine="transformers", model=str(model_dir),
+                                       device=args.device, batch_size=args.batch_size))
+    params = sum(p.numel() for p in engine.model.parameters())
+    vision = sum(p.numel() for p in engine.model.model.visual.parameters())
+    requests = [
+        Request(messages=user_message(QUESTIONS[i % len(QUESTIONS)]),
+                images=[chart_image(i, args.image_size)], id=f"p{i}")
+        for i in range(args.prompts)
+    ]
+    prompt_tokens = [engine.prepare(r, i).length for i, r in enumerate(requests)]
+
+    # warm up both paths (allocator, kernels) on one prompt
+    run_prefill_once(engine, requests[:1], 2, 2)
+    run_plain_generate(engine, requests[:1], 2, 2)
+
+    rows = []
+    for tokens in args.tokens:
+        plain_out, plain_s = timed(run_plain_generate, engine, requests, args.n, tokens)
+        once_out, once_s = timed(run_prefill_once, engine, requests, args.n, tokens)
+        expected = args.prompts * args.n * tokens
+        assert plain_out == once_out == expected, (plain_out, once_out, expected)
+        row = {
+            "new_tokens": tokens,
+            "output_tokens": expected,
+            "plain_generate_s": round(plain_s, 3),
+            "prefill_once_s": round(once_s, 3),
+            "plain_generate_tok_s": round(plain_out / plain_s, 1),
+            "prefill_once_tok_s": round(once_out / once_s, 1),
+            "speedup": round(plain_s / once_s, 2),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    device = str(engine.device)
+    record = {
+        "command": "python -m benchmarks.bench_engines " + shlex.join(argv or sys.argv[1:]),
+        "device": device,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
+            "platform": platform.platform(),
+            "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+        },
+        "versions": {"torch": torch.__version__,
+                     "transformers": __import__("transformers").__version__},
+        "model": {
+            "family": "Qwen3-VL (Qwen3VLForConditionalGeneration), random weights",
+            "source": str(args.model) if args.model else "pipeline.tiny_models.build_tiny_qwen3vl",
+            "params": params,
+            "vision_params": vision,
+            "dtype": str(engine.dtype).replace("torch.", ""),
+            "text": {k: getattr(engine.model.config.text_config, k) for k in (
+                "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "intermediate_size", "vocab_size")},
+            "vision": {k: getattr(engine.model.config.vision_config, k) for k in (
+                "hidden_size", "depth", "num_heads", "patch_size", "spatial_merge_size")},
+        },
+        "workload": {
+            "prompts": args.prompts, "n": args.n, "image_size": args.image_size,
+            "batch_size": args.batch_size, "temperature": 0.7,
+            "prompt_tokens_mean": round(sum(prompt_tokens) / len(prompt_tokens), 1),
+        },
+        "results": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    out.with_suffix(".md").write_text(render_markdown(record))
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+    engine.close()
+    tmp.cleanup()
+
+
+def render_markdown(r: dict) -> str:
+    m, w = r["model"], r["workload"]
+    lines = [
+        "# Engines benchmark: prefill-once vs plain `generate(num_return_sequences=n)`",
+        "",
+        "transformers engine (`pipeline/engines/transformers_engine.py`). Both methods run the",
+        "same prompts in the same batches and decode a fixed number of tokens (EOS ignored),",
+        "so output token counts are equal; speedup = plain time / prefill-once time.",
+        "",
+        f"- command: `{r['command']}`",
+        f"- device: {r['device']}" + (f" ({r['machine']['gpu']})" if r['machine']['gpu'] else
+                                     f" ({r['machine']['cpu_count']} cores, {r['machine']['torch_threads']} torch threads, "
+                                     f"load average {r['machine']['load_avg_1m_at_end']} at the end: the machine is shared)"),
+        f"- model: {m['family']}, {m['params'] / 1e6:.1f} M parameters "
+        f"({m['vision_params'] / 1e6:.1f} M vision), {m['dtype']}; text {m['text']}; vision {m['vision']}",
+        f"- workload: {w['prompts']} prompts x n={w['n']} samples, {w['image_size']}x{w['image_size']} "
+        f"images, {w['prompt_tokens_mean']} prompt tokens on average (image included), "
+        f"{w['batch_size']} prompts per batch, temperature {w['temperature']}",
+        f"- versions: torch {r['versions']['torch']}, transformers {r['versions']['transformers']}",
+        "",
+        "| new tokens | output tokens | plain generate tok/s | prefill-once tok/s | speedup |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for row in r["results"]:
+        lines.append(
+            f"| {row['new_tokens']} | {row['output_tokens']} | {row['plain_generate_tok_s']} "
+            f"({row['plain_generate_s']} s) | {row['prefill_once_tok_s']} ({row['prefill_once_s']} s) "
+            f"| **{row['speedup']}x speedup** |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

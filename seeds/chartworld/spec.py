@@ -1,0 +1,115 @@
+"""What a chart-world chart *is*: its underlying data, and the knobs that shape a world.
+
+A ``Chart`` is the ground truth every question is answered from (and every test
+recomputes answers from); rendering it to pixels is render.py's job, asking about it is
+questions.py's. ``WorldConfig`` holds the difficulty parameters, as plain typed fields so
+the run config can embed it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+ChartKind = Literal["bar", "line", "pie", "table", "document"]
+CHART_KINDS: list[str] = ["bar", "line", "pie", "table", "document"]
+
+SKILLS: list[str] = [
+    "retrieval", "extremum", "comparison", "counting", "arithmetic", "multihop", "text",
+]
+
+# Category label sets. Short strings: a label has to fit under a bar of a small image.
+LABEL_SETS: dict[str, list[str]] = {
+    "letters": list("ABCDEFGH"),
+    "days": ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"],
+    "months": ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug"],
+    "fruits": ["Fig", "Kiwi", "Lime", "Pear", "Plum", "Date", "Apple", "Grape"],
+}
+
+# Titles: one word each, so "text" questions have a short exact answer.
+TITLES: list[str] = [
+    "Sales", "Votes", "Rain", "Clicks", "Orders", "Profit", "Visits", "Scores",
+    "Energy", "Budget", "Trips", "Births",
+]
+
+
+@dataclass
+class WorldConfig:
+    """Difficulty knobs of a chart world (the defaults are the toy models' world)."""
+
+    kinds: list[str] = field(default_factory=lambda: list(CHART_KINDS))
+    min_items: int = 3  # bars / points / slices / rows per chart
+    max_items: int = 5
+    min_value: int = 1  # values are integers on this closed range ("coarse value grid")
+    max_value: int = 9
+    label_set: str = "letters"  # key of LABEL_SETS
+    ordered_labels: bool = False  # True: labels in set order (A, B, C...); False: a random subset
+    width: int = 160  # pixels; multiples of 32 keep the Qwen-VL processor from resizing
+    height: int = 128
+    value_labels: bool = True  # print each value on/next to its mark (reading = OCR)
+    font_size: int = 12
+    # Relative weight of each skill when drawing a question; a skill absent here is never
+    # asked. None = all skills equally.
+    skill_weights: dict[str, float] | None = None
+
+    def validate(self) -> None:
+        bad = [k for k in self.kinds if k not in CHART_KINDS]
+        if bad or not self.kinds:
+            raise ValueError(f"kinds must be a non-empty subset of {CHART_KINDS}, got {self.kinds}")
+        if self.label_set not in LABEL_SETS:
+            raise ValueError(f"label_set {self.label_set!r} not in {sorted(LABEL_SETS)}")
+        if not 2 <= self.min_items <= self.max_items <= len(LABEL_SETS[self.label_set]):
+            raise ValueError(
+                f"need 2 <= min_items <= max_items <= {len(LABEL_SETS[self.label_set])} "
+                f"(size of label set {self.label_set!r}); got {self.min_items}..{self.max_items}"
+            )
+        if not 0 <= self.min_value < self.max_value:
+            raise ValueError(f"need 0 <= min_value < max_value, got {self.min_value}..{self.max_value}")
+        if self.width < 64 or self.height < 64:
+            raise ValueError(f"image must be at least 64x64, got {self.width}x{self.height}")
+        weights = self.skill_weights or {}
+        unknown = [s for s in weights if s not in SKILLS]
+        if unknown:
+            raise ValueError(f"unknown skills {unknown}; known: {SKILLS}")
+        if self.skill_weights is not None and not any(w > 0 for w in weights.values()):
+            raise ValueError("skill_weights gives every skill weight 0")
+
+
+@dataclass
+class Chart:
+    """The data behind one image: what is drawn, and so what every answer derives from."""
+
+    kind: str
+    title: str
+    labels: list[str]
+    values: list[int]
+
+    def __post_init__(self) -> None:
+        if len(self.labels) != len(self.values) or len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels must be distinct and match values: {self.labels} {self.values}")
+
+    def value_of(self, label: str) -> int:
+        return self.values[self.labels.index(label)]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Chart:
+        return cls(**json.loads(text))
+
+
+def sample_chart(cfg: WorldConfig, rng: random.Random) -> Chart:
+    """Draw a chart's data from the world: kind, title, distinct labels, integer values."""
+    kind = rng.choice(cfg.kinds)
+    n = rng.randint(cfg.min_items, cfg.max_items)
+    pool = LABEL_SETS[cfg.label_set]
+    if cfg.ordered_labels:
+        start = rng.randint(0, len(pool) - n)
+        labels = pool[start:start + n]
+    else:
+        labels = rng.sample(pool, n)
+    values = [rng.randint(cfg.min_value, cfg.max_value) for _ in range(n)]
+    return Chart(kind=kind, title=rng.choice(TITLES), labels=labels, values=values)
