@@ -143,6 +143,27 @@ def cmd_push(args) -> int:
     return 0
 
 
+TRAINERS = {
+    "opd": ("trainer.opd", "on-policy distillation / VA-OPD (--config YAML, --set key=value)"),
+    "sft": ("trainer.sft", "supervised fine-tuning on a Parquet of question/image/target rows"),
+    "offpolicy": ("trainer.offpolicy", "off-policy fine-tuning of the student on the teacher's "
+                  "sampled answers in a built dataset"),
+}
+
+
+def cmd_train(args) -> int:
+    import importlib
+
+    module = importlib.import_module(TRAINERS[args.kind][0])
+    return module.main(args.args) or 0
+
+
+def cmd_eval(args) -> int:
+    from trainer.eval import main as eval_main
+
+    return eval_main(args.args) or 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deltaprompts",
@@ -192,6 +213,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="branch to push to (default: main)")
     p.add_argument("--dry-run", action="store_true", help="list the files and the commit; send nothing")
     p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("train", help="train the student on a built dataset (opd, sft, offpolicy); "
+                       "`deltaprompts train KIND --help` lists each trainer's options")
+    p.add_argument("kind", choices=sorted(TRAINERS),
+                   help="; ".join(f"{k}: {v[1]}" for k, v in sorted(TRAINERS.items())))
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the trainer's own options")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="accuracy of a model on a held-out prompt set, per skill/source "
+                       "(`deltaprompts eval --help` lists options)", add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER, help="trainer.eval's options")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 
@@ -200,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may come anywhere (`stage 2 --config f delta.n=3`): argparse binds the
     # positional list early, so collect the leftover key=value words here.
     args, extra = parser.parse_known_args(argv)
+    if args.command in ("train", "eval"):
+        args.args = list(args.args) + extra
+        extra = []
     bad = [w for w in extra if w.startswith("-") or "=" not in w]
     if bad or (extra and not hasattr(args, "overrides")):
         parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")

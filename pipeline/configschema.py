@@ -145,3 +145,35 @@ def _build_value(tp: Any, value: Any) -> Any:
 def to_dict(obj: Any) -> Any:
     """Dataclass tree -> plain data (for hashing, manifests and the dataset card)."""
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def load_dataclass(cls: type, path: str | None, overrides: list[str], section: str | None = None) -> Any:
+    """A dataclass from a YAML/JSON file (optionally its `section:`) plus `key=value`
+    overrides (values parsed as YAML), validated against the dataclass's schema."""
+    from pathlib import Path
+
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read {path}: {e}") from e
+        if section and section in data:
+            data = data[section]
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not key=value")
+        data[key.strip()] = yaml.safe_load(value)
+    # YAML 1.1 reads `1e-6` (no dot) as a string; accept it where a number is expected.
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if isinstance(value, str) and hints.get(key) in (float, float | None):
+            try:
+                data[key] = float(value)
+            except ValueError:
+                pass  # left for the validator to report
+    validate(data, cls)
+    return build(cls, data)

@@ -670,33 +670,11 @@ def train_opd(cfg: OPDConfig, eval_fn: Callable[[Any, Any, int], dict[str, Any]]
 
 # --- CLI ---------------------------------------------------------------------------------
 def load_config(path: str | None, overrides: list[str]) -> OPDConfig:
-    """An ``OPDConfig`` from a YAML/JSON file plus ``key=value`` overrides (values parsed as
-    YAML), validated against the dataclass's JSON Schema (pipeline/configschema.py)."""
-    import typing
+    """An ``OPDConfig`` from a YAML/JSON file (or its `opd:` section) plus ``key=value``
+    overrides, validated against the dataclass's JSON Schema (pipeline/configschema.py)."""
+    from pipeline.configschema import load_dataclass
 
-    import yaml
-
-    from pipeline.configschema import build, validate
-
-    data: dict[str, Any] = {}
-    if path:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        data = data.get("opd", data)  # accept a file with an `opd:` section
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not key=value")
-        data[key.strip()] = yaml.safe_load(value)
-    # YAML 1.1 reads `1e-6` (no dot) as a string; accept it where a number is expected.
-    hints = typing.get_type_hints(OPDConfig)
-    for key, value in data.items():
-        if isinstance(value, str) and hints.get(key) in (float, float | None):
-            try:
-                data[key] = float(value)
-            except ValueError:
-                pass  # left for the validator to report
-    validate(data, OPDConfig)
-    return build(OPDConfig, data)
+    return load_dataclass(OPDConfig, path, overrides, section="opd")
 
 
 def main(argv: list[str] | None = None) -> None:

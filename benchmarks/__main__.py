@@ -1,0 +1,38 @@
+"""`make bench`: run the benchmarks; each writes its figures to benchmarks/results/.
+
+    python -m benchmarks [adaptive] [engines] [opd] [pipeline]   (default: all that are cheap)
+
+Figures are for comparing later runs of the same command on the same machine; every
+results file names the machine and the exact command that made it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+# name -> argv (run as `python -m ...` from the repo root)
+BENCHES = {
+    "adaptive": ["benchmarks.bench_adaptive"],
+    "engines": ["benchmarks.bench_engines", "--prompts", "16", "--image-size", "224", "--tokens", "32", "256"],
+}
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(BENCHES)
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; choose from {list(BENCHES)}", file=sys.stderr)
+        return 2
+    failed = []
+    for name in names:
+        print(f"== {name}: python -m {' '.join(BENCHES[name])}", flush=True)
+        if subprocess.call([sys.executable, "-m", *BENCHES[name]]) != 0:
+            failed.append(name)
+    if failed:
+        print(f"failed: {failed}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
