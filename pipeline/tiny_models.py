@@ -34,7 +34,13 @@ VIDEO_PAD = "<|video_pad|>"
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 SPECIAL_TOKENS = [
-    ENDOFTEXT, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD,
+    ENDOFTEXT,
+    IM_START,
+    IM_END,
+    VISION_START,
+    VISION_END,
+    IMAGE_PAD,
+    VIDEO_PAD,
 ]
 # <think> / </think> are ordinary (non-special) added tokens in Qwen: decoding with
 # skip_special_tokens=True keeps them, so a reasoning block survives in the text.
@@ -78,25 +84,33 @@ DEFAULT_CORPUS: list[str] = [
     "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 25 30 40 50 60 70 80 90 100",
     "1000 2000 2019 2020 2021 2022 2023 2024 2025 0.5 1.5 2.25 3.14 10% 25% 50% 75% 99.9%",
     "$12.50 -3 +7 1,234 5,678,900 3/4 1:2 x=4 y=2.5 (a) (b) (c) (d) A B C D E",
-    "What is the value of the largest bar in the chart? What is the difference between "
-    "the highest and the lowest values? How many bars are there in the plot? Which "
-    "category has the smallest share? What is the sum of the two middle values?",
+    (
+        "What is the value of the largest bar in the chart? What is the difference between "
+        "the highest and the lowest values? How many bars are there in the plot? Which "
+        "category has the smallest share? What is the sum of the two middle values?"
+    ),
     "Answer the question using a single word or phrase. The answer is 42. Final answer: yes.",
     "Is the red line above the blue line in 2020? Yes, it is. No, it is not.",
     "In which year did the sales reach their peak? The peak was in the year 2015.",
     "What percentage of people said they were satisfied? About 35 percent of them.",
     "Read the table and the document: total, average, median, mean, ratio, rate, count.",
     "The title of the figure says revenue by region: north, south, east and west.",
-    "Describe the image. The picture shows a graph with an x-axis and a y-axis, a legend, "
-    "labels, colors: red, green, blue, orange, purple, black, white, gray, yellow.",
-    "Let me think step by step. First, read each value; then compare them; so the answer "
-    "is the second one. Therefore the result is 17.",
+    (
+        "Describe the image. The picture shows a graph with an x-axis and a y-axis, a legend, "
+        "labels, colors: red, green, blue, orange, purple, black, white, gray, yellow."
+    ),
+    (
+        "Let me think step by step. First, read each value; then compare them; so the answer "
+        "is the second one. Therefore the result is 17."
+    ),
     "Punctuation: . , ; : ! ? ' \" ( ) [ ] { } < > / \\ | - _ + = * & ^ % $ # @ ~ `",
     "Questions often ask who, what, when, where, why, which and how much or how many.",
     "user assistant system: You are a helpful assistant. Look at the image and answer.",
     "largest smallest highest lowest greater less more fewer most least first last second third",
-    "the of and to in is that for it as was with be by on not he this are or his from at "
-    "which but have an they you were her she there been one all we their has would when",
+    (
+        "the of and to in is that for it as was with be by on not he this are or his from at "
+        "which but have an they you were her she there been one all we their has would when"
+    ),
 ]
 
 
@@ -115,7 +129,9 @@ def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512):
         raise ValueError("build_tokenizer: the corpus is empty")
     reserved = len(SPECIAL_TOKENS) + len(THINK_TOKENS) + 256
     if vocab_size < reserved:
-        raise ValueError(f"build_tokenizer: vocab_size {vocab_size} < {reserved} (bytes + specials)")
+        raise ValueError(
+            f"build_tokenizer: vocab_size {vocab_size} < {reserved} (bytes + specials)"
+        )
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -215,39 +231,39 @@ def build_tiny_qwen3vl(
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     grid = image_size // patch
     config = Qwen3VLConfig(
-        text_config=dict(
-            vocab_size=vocab,
-            hidden_size=hidden_size,
-            intermediate_size=intermediate_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            num_key_value_heads=num_kv_heads,
-            head_dim=head_dim,
-            max_position_embeddings=max_position_embeddings,
-            rope_parameters={
+        text_config={
+            "vocab_size": vocab,
+            "hidden_size": hidden_size,
+            "intermediate_size": intermediate_size,
+            "num_hidden_layers": num_layers,
+            "num_attention_heads": num_heads,
+            "num_key_value_heads": num_kv_heads,
+            "head_dim": head_dim,
+            "max_position_embeddings": max_position_embeddings,
+            "rope_parameters": {
                 "rope_type": "default",
                 "rope_theta": 5_000_000.0,
                 "mrope_section": mrope_section,
                 "mrope_interleaved": True,
             },
-            tie_word_embeddings=False,
-            bos_token_id=ids[ENDOFTEXT],
-            eos_token_id=ids[IM_END],
-            pad_token_id=ids[ENDOFTEXT],
-            dtype="float32",
-        ),
-        vision_config=dict(
-            depth=vision_depth,
-            hidden_size=vision_hidden,
-            intermediate_size=vision_hidden * 2,
-            num_heads=max(1, vision_hidden // 64),  # vision head_dim 64 (or less if tiny)
-            patch_size=patch,
-            spatial_merge_size=merge,
-            temporal_patch_size=2,
-            out_hidden_size=hidden_size,
-            num_position_embeddings=grid * grid,
-            deepstack_visual_indexes=[0],  # keep the deepstack path exercised
-        ),
+            "tie_word_embeddings": False,
+            "bos_token_id": ids[ENDOFTEXT],
+            "eos_token_id": ids[IM_END],
+            "pad_token_id": ids[ENDOFTEXT],
+            "dtype": "float32",
+        },
+        vision_config={
+            "depth": vision_depth,
+            "hidden_size": vision_hidden,
+            "intermediate_size": vision_hidden * 2,
+            "num_heads": max(1, vision_hidden // 64),  # vision head_dim 64 (or less if tiny)
+            "patch_size": patch,
+            "spatial_merge_size": merge,
+            "temporal_patch_size": 2,
+            "out_hidden_size": hidden_size,
+            "num_position_embeddings": grid * grid,
+            "deepstack_visual_indexes": [0],  # keep the deepstack path exercised
+        },
         image_token_id=ids[IMAGE_PAD],
         video_token_id=ids[VIDEO_PAD],
         vision_start_token_id=ids[VISION_START],
@@ -270,12 +286,17 @@ def build_tiny_qwen3vl(
     min_px = (patch * merge) ** 2 * 4  # at least 2x2 merged tokens
     processor = Qwen3VLProcessor(
         image_processor=Qwen2VLImageProcessor(
-            patch_size=patch, merge_size=merge, temporal_patch_size=2,
-            min_pixels=min_px, max_pixels=image_size * image_size,
+            patch_size=patch,
+            merge_size=merge,
+            temporal_patch_size=2,
+            min_pixels=min_px,
+            max_pixels=image_size * image_size,
         ),
         tokenizer=tokenizer,
         video_processor=Qwen3VLVideoProcessor(
-            patch_size=patch, merge_size=merge, temporal_patch_size=2,
+            patch_size=patch,
+            merge_size=merge,
+            temporal_patch_size=2,
         ),
         chat_template=CHAT_TEMPLATE,
     )
@@ -283,17 +304,37 @@ def build_tiny_qwen3vl(
     tokenizer.save_pretrained(out)
     n_params = sum(p.numel() for p in model.parameters())
     (out / "tiny_model.json").write_text(
-        json.dumps({"built_by": "pipeline.tiny_models", "params": n_params, "seed": seed,
-                    "image_size": image_size}, indent=2) + "\n"
+        json.dumps(
+            {
+                "built_by": "pipeline.tiny_models",
+                "params": n_params,
+                "seed": seed,
+                "image_size": image_size,
+            },
+            indent=2,
+        )
+        + "\n"
     )
     return out
 
 
 # The default pair: the student is smaller in every text dimension but shares the
 # tokenizer (same vocabulary and chat template), as the distillation trainer requires.
-TEACHER_KWARGS = dict(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=256, seed=0)
-STUDENT_KWARGS = dict(hidden_size=64, num_layers=1, num_heads=1, num_kv_heads=1,
-                      intermediate_size=128, seed=1)
+TEACHER_KWARGS = {
+    "hidden_size": 128,
+    "num_layers": 2,
+    "num_heads": 2,
+    "intermediate_size": 256,
+    "seed": 0,
+}
+STUDENT_KWARGS = {
+    "hidden_size": 64,
+    "num_layers": 1,
+    "num_heads": 1,
+    "num_kv_heads": 1,
+    "intermediate_size": 128,
+    "seed": 1,
+}
 
 
 def make_teacher_student(out_root, corpus: Iterable[str] | None = None) -> tuple[Path, Path]:

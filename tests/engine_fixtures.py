@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 __all__ = [
+    "QUESTIONS",
     "VLLMServer",
     "free_port",
     "image_bytes",
@@ -28,7 +29,6 @@ __all__ = [
     "serve_command",
     "tiny_models",
     "vllm_server",
-    "QUESTIONS",
 ]
 
 QUESTIONS = [
@@ -113,22 +113,39 @@ def serve_command(model: str) -> list[str]:
 class VLLMServer:
     """A real ``vllm serve`` subprocess on loopback; its log goes to ``log_path``."""
 
-    def __init__(self, model: Path, log_path: Path, *, max_model_len: int = 160,
-                 startup_timeout_s: float = 300.0):
+    def __init__(
+        self,
+        model: Path,
+        log_path: Path,
+        *,
+        max_model_len: int = 160,
+        startup_timeout_s: float = 300.0,
+    ):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.log_path = log_path
         self.model = str(model)
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
         cmd = serve_command(self.model) + [
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--dtype", "float32", "--max-model-len", str(max_model_len),
-            "--enforce-eager", "--seed", "0", "--limit-mm-per-prompt", '{"image": 1}',
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dtype",
+            "float32",
+            "--max-model-len",
+            str(max_model_len),
+            "--enforce-eager",
+            "--seed",
+            "0",
+            "--limit-mm-per-prompt",
+            '{"image": 1}',
         ]
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")  # noqa: SIM115 - open for the server's lifetime
         # own process group, so the engine core and workers go down with the server
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         self._wait_healthy(startup_timeout_s)
 
     def _wait_healthy(self, timeout_s: float) -> None:
@@ -137,9 +154,14 @@ class VLLMServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"vllm serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"vllm serve exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2.0).status_code == 200:
+                if (
+                    httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2.0).status_code
+                    == 200
+                ):
                     return
             except httpx.HTTPError:
                 pass

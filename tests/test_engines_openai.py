@@ -51,16 +51,21 @@ class ScriptedServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with lock:
                     outer.arrivals.append(time.monotonic())
-                    status, headers, delay = (outer.script.pop(0) if outer.script
-                                              else (200, {}, 0.0))
+                    status, headers, delay = outer.script.pop(0) if outer.script else (200, {}, 0.0)
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
                 try:
                     time.sleep(delay)
                     if status == 200:
                         payload = {
-                            "choices": [{"index": i, "message": {"content": f"ok {i}"},
-                                         "finish_reason": "stop"} for i in range(body["n"])],
+                            "choices": [
+                                {
+                                    "index": i,
+                                    "message": {"content": f"ok {i}"},
+                                    "finish_reason": "stop",
+                                }
+                                for i in range(body["n"])
+                            ],
                             "usage": {"prompt_tokens": 7},
                         }
                     else:
@@ -91,8 +96,16 @@ class ScriptedServer:
 
 
 def _engine(base_url, **kw):
-    cfg = dict(engine="openai", model="m", base_url=base_url, max_retries=2,
-               retry_backoff_s=0.05, retry_backoff_max_s=2.0, timeout_s=5.0, concurrency=2)
+    cfg = {
+        "engine": "openai",
+        "model": "m",
+        "base_url": base_url,
+        "max_retries": 2,
+        "retry_backoff_s": 0.05,
+        "retry_backoff_max_s": 2.0,
+        "timeout_s": 5.0,
+        "concurrency": 2,
+    }
     cfg.update(kw)
     return build_engine(EngineConfig(**cfg))
 
@@ -196,9 +209,16 @@ def server(tiny_models, tmp_path_factory):
 
 
 def _real(server, **kw):
-    cfg = dict(engine="openai", model=server.model, base_url=server.base_url,
-               extra_body={"return_token_ids": True}, max_retries=2, retry_backoff_s=0.1,
-               timeout_s=60.0, concurrency=2)
+    cfg = {
+        "engine": "openai",
+        "model": server.model,
+        "base_url": server.base_url,
+        "extra_body": {"return_token_ids": True},
+        "max_retries": 2,
+        "retry_backoff_s": 0.1,
+        "timeout_s": 60.0,
+        "concurrency": 2,
+    }
     cfg.update(kw)
     return build_engine(EngineConfig(**cfg))
 
@@ -227,8 +247,9 @@ def test_real_server_n_completions_and_logprobs(server, tiny_models):
 def test_real_server_bad_requests_fail_alone(server):
     good = make_requests(2)
     corrupt = Request(messages=user_message("What?"), images=[b"\xff\xd8 not a jpeg"], id="bad")
-    too_long = Request(messages=user_message("What is the value? " * 40),
-                       images=[make_image(1)], id="too-long")
+    too_long = Request(
+        messages=user_message("What is the value? " * 40), images=[make_image(1)], id="too-long"
+    )
     results = _real(server).sample([good[0], corrupt, too_long, good[1]], n=2, max_tokens=4)
     assert results[0].error is None and len(results[0].completions) == 2
     assert results[3].error is None and len(results[3].completions) == 2
@@ -245,8 +266,10 @@ def test_server_killed_mid_batch(server):
     requests = make_requests(12)
     box: dict = {}
     worker = threading.Thread(
-        target=lambda: box.setdefault("results", eng.sample(
-            requests, n=4, temperature=1.0, max_tokens=120, seed=0, ignore_eos=True)),
+        target=lambda: box.setdefault(
+            "results",
+            eng.sample(requests, n=4, temperature=1.0, max_tokens=120, seed=0, ignore_eos=True),
+        ),
         daemon=True,
     )
     answered = '"POST /v1/chat/completions HTTP/1.1" 200'

@@ -42,7 +42,7 @@ def test_n_completions_per_request(engine):
 
 def test_fixed_seed_repeats_and_other_seed_differs(engine):
     requests = make_requests(3, as_bytes=True)
-    kw = dict(n=3, temperature=1.0, top_p=0.9, max_tokens=8)
+    kw = {"n": 3, "temperature": 1.0, "top_p": 0.9, "max_tokens": 8}
     first = engine.sample(requests, seed=123, **kw)
     again = engine.sample(requests, seed=123, **kw)
     other = engine.sample(requests, seed=124, **kw)
@@ -99,21 +99,30 @@ def test_stop_string_cuts_text(engine):
 
 
 def test_ignore_eos_decodes_exactly_max_tokens(engine):
-    results = engine.sample(make_requests(2), n=2, temperature=1.0, max_tokens=9, seed=1,
-                            ignore_eos=True)
-    assert all(len(c.token_ids) == 9 and c.finish_reason == "length"
-               for r in results for c in r.completions)
+    results = engine.sample(
+        make_requests(2), n=2, temperature=1.0, max_tokens=9, seed=1, ignore_eos=True
+    )
+    assert all(
+        len(c.token_ids) == 9 and c.finish_reason == "length"
+        for r in results
+        for c in r.completions
+    )
 
 
 def test_bad_requests_fail_alone(engine):
     good = make_requests(2)
     corrupt = Request(messages=user_message("What?"), images=[b"\x89PNG not really"], id="bad-img")
-    truncated = Request(messages=user_message("What?"),
-                        images=[image_bytes(make_image(3), "JPEG")[:200]], id="cut-jpeg")
-    missing = Request(messages=user_message("What?", n_images=2), images=[make_image(1)],
-                      id="one-short")
-    results = engine.sample([good[0], corrupt, truncated, missing, good[1]], n=2,
-                            max_tokens=4, seed=0)
+    truncated = Request(
+        messages=user_message("What?"),
+        images=[image_bytes(make_image(3), "JPEG")[:200]],
+        id="cut-jpeg",
+    )
+    missing = Request(
+        messages=user_message("What?", n_images=2), images=[make_image(1)], id="one-short"
+    )
+    results = engine.sample(
+        [good[0], corrupt, truncated, missing, good[1]], n=2, max_tokens=4, seed=0
+    )
     assert results[0].error is None and len(results[0].completions) == 2
     assert results[4].error is None and len(results[4].completions) == 2
     assert "'bad-img'" in results[1].error and "not decodable" in results[1].error
@@ -123,23 +132,27 @@ def test_bad_requests_fail_alone(engine):
 
 
 def test_context_limit_fails_alone_and_caps_generation(tiny_models):
-    eng = build_engine(EngineConfig(engine="transformers", model=str(tiny_models[1]),
-                                    max_model_len=100))
+    eng = build_engine(
+        EngineConfig(engine="transformers", model=str(tiny_models[1]), max_model_len=100)
+    )
     short = make_requests(1, size=(64, 64))[0]
-    long = Request(messages=user_message("What is the value? " * 40), images=[make_image(0)],
-                   id="too-long")
+    long = Request(
+        messages=user_message("What is the value? " * 40), images=[make_image(0)], id="too-long"
+    )
     results = eng.sample([long, short], n=2, max_tokens=500, seed=0, ignore_eos=True)
     assert "'too-long'" in results[0].error and "max_model_len" in results[0].error
     room = 100 - results[1].prompt_tokens
-    assert all(len(c.token_ids) == room and c.finish_reason == "length"
-               for c in results[1].completions)
+    assert all(
+        len(c.token_ids) == room and c.finish_reason == "length" for c in results[1].completions
+    )
     with pytest.raises(ValueError, match="'too-long'"):
         eng.score([long], [[10]])
 
 
 def test_max_pixels_caps_image_tokens(tiny_models):
-    eng = build_engine(EngineConfig(engine="transformers", model=str(tiny_models[1]),
-                                    max_pixels=64 * 64))
+    eng = build_engine(
+        EngineConfig(engine="transformers", model=str(tiny_models[1]), max_pixels=64 * 64)
+    )
     request = make_requests(1)[0]  # 224x224 -> 49 image tokens by default
     capped = eng.prepare(request, 0)
     n_image = int((capped.inputs["input_ids"] == eng.model.config.image_token_id).sum())
@@ -157,3 +170,25 @@ def test_sample_tokens_top_p_and_greedy():
     probs = logits[0].softmax(-1).sort(descending=True).values  # .83 .11 .04 .02
     assert probs[:2].sum() > 0.9 > probs[0]
     assert drawn == {1, 2}
+
+
+def test_text_only_and_image_requests_share_a_batch(engine):
+    text_only = Request(
+        messages=[{"role": "user", "content": "What is 2+2?"}], images=[], id="text"
+    )
+    image = make_requests(1, size=(64, 64))[0]
+    results = engine.sample([text_only, image], n=2, temperature=0, max_tokens=8)  # one batch
+    for i, request in enumerate([text_only, image]):
+        item = engine.prepare(request, i)
+        out = engine.model.generate(**item.inputs, max_new_tokens=8, do_sample=False)
+        assert results[i].completions[0].token_ids == out[0, item.length :].tolist()
+
+
+def test_vllm_config_falls_back_to_transformers_without_vllm(tiny_models, monkeypatch):
+    import pipeline.engines as engines
+    from pipeline.engines.transformers_engine import TransformersEngine
+
+    monkeypatch.setattr(engines, "vllm_available", lambda: False)
+    teacher, _ = tiny_models
+    with engines.build_engine(engines.EngineConfig(engine="vllm", model=str(teacher))) as eng:
+        assert isinstance(eng, TransformersEngine)

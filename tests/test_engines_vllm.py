@@ -24,9 +24,15 @@ MAX_PIXELS = 128 * 128  # a 224x224 image: 49 image tokens uncapped, 16 capped
 
 @pytest.fixture(scope="module")
 def vllm_engine(tiny_models):
-    eng = build_engine(EngineConfig(engine="vllm", model=str(tiny_models[0]),
-                                    max_model_len=MAX_MODEL_LEN, enforce_eager=True,
-                                    max_pixels=MAX_PIXELS))
+    eng = build_engine(
+        EngineConfig(
+            engine="vllm",
+            model=str(tiny_models[0]),
+            max_model_len=MAX_MODEL_LEN,
+            enforce_eager=True,
+            max_pixels=MAX_PIXELS,
+        )
+    )
     yield eng
     eng.close()
 
@@ -34,8 +40,14 @@ def vllm_engine(tiny_models):
 @pytest.fixture(scope="module")
 def hf_engine(tiny_models):
     torch.set_num_threads(1)
-    eng = build_engine(EngineConfig(engine="transformers", model=str(tiny_models[0]),
-                                    max_model_len=MAX_MODEL_LEN, max_pixels=MAX_PIXELS))
+    eng = build_engine(
+        EngineConfig(
+            engine="transformers",
+            model=str(tiny_models[0]),
+            max_model_len=MAX_MODEL_LEN,
+            max_pixels=MAX_PIXELS,
+        )
+    )
     yield eng
     eng.close()
 
@@ -58,8 +70,9 @@ def test_n_completions_and_same_prompt_as_transformers(vllm_engine, hf_engine):
 
 def test_logprobs_match_transformers_score(vllm_engine, hf_engine):
     requests = make_requests(3, as_bytes=True)
-    results = vllm_engine.sample(requests, n=3, temperature=1.0, max_tokens=10, seed=3,
-                                 logprobs=True)
+    results = vllm_engine.sample(
+        requests, n=3, temperature=1.0, max_tokens=10, seed=3, logprobs=True
+    )
     flat_requests = [r for r, res in zip(requests, results) for _ in res.completions]
     flat = [c for res in results for c in res.completions]
     hf_scores = hf_engine.score(flat_requests, [c.token_ids for c in flat])
@@ -72,22 +85,27 @@ def test_logprobs_match_transformers_score(vllm_engine, hf_engine):
 
 def test_fixed_seed_repeats(vllm_engine):
     requests = make_requests(2)
-    kw = dict(n=3, temperature=1.0, max_tokens=6)
+    kw = {"n": 3, "temperature": 1.0, "max_tokens": 6}
     first = vllm_engine.sample(requests, seed=11, **kw)
     again = vllm_engine.sample(requests, seed=11, **kw)
-    ids = lambda rs: [[c.token_ids for c in r.completions] for r in rs]  # noqa: E731
+    ids = lambda rs: [[c.token_ids for c in r.completions] for r in rs]
     assert ids(first) == ids(again)
 
 
 def test_bad_requests_fail_alone(vllm_engine):
     good = make_requests(2)
     corrupt = Request(messages=user_message("What?"), images=[b"GIF89a broken"], id="bad-img")
-    truncated = Request(messages=user_message("What?"),
-                        images=[image_bytes(make_image(5), "PNG")[:300]], id="cut-png")
-    too_long = Request(messages=user_message("What is the value? " * 40),
-                       images=[make_image(2)], id="too-long")
-    results = vllm_engine.sample([corrupt, good[0], too_long, truncated, good[1]], n=2,
-                                 max_tokens=4, seed=0)
+    truncated = Request(
+        messages=user_message("What?"),
+        images=[image_bytes(make_image(5), "PNG")[:300]],
+        id="cut-png",
+    )
+    too_long = Request(
+        messages=user_message("What is the value? " * 40), images=[make_image(2)], id="too-long"
+    )
+    results = vllm_engine.sample(
+        [corrupt, good[0], too_long, truncated, good[1]], n=2, max_tokens=4, seed=0
+    )
     assert "'bad-img'" in results[0].error and "not decodable" in results[0].error
     assert "'too-long'" in results[2].error and "max_model_len" in results[2].error
     assert "'cut-png'" in results[3].error

@@ -24,7 +24,9 @@ def test_tokenizer_specials_and_roundtrip(tokenizer):
     text = "Réponse: 3.14 — naïve? <think>step 1</think> 42"  # bytes outside the corpus
     assert tokenizer.decode(tokenizer.encode(text)) == text
     # <think> survives skip_special_tokens (answer extraction needs to see the block)
-    assert "<think>" in tokenizer.decode(tokenizer.encode("<think>x</think>"), skip_special_tokens=True)
+    assert "<think>" in tokenizer.decode(
+        tokenizer.encode("<think>x</think>"), skip_special_tokens=True
+    )
 
 
 def test_default_corpus_tokenises_questions_compactly(tokenizer):
@@ -69,8 +71,12 @@ def test_teacher_student_load_by_path_and_generate(tiny_models):
         assert cfg.text_config.head_dim == 64  # vLLM CPU: 32/64/128 only
         assert cfg.text_config.vocab_size == len(processor.tokenizer)
         assert cfg.image_token_id == processor.tokenizer.convert_tokens_to_ids(tm.IMAGE_PAD)
-        messages = [{"role": "user", "content": [
-            {"type": "image"}, {"type": "text", "text": "What is the value?"}]}]
+        messages = [
+            {
+                "role": "user",
+                "content": [{"type": "image"}, {"type": "text", "text": "What is the value?"}],
+            }
+        ]
         text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         inputs = processor(text=[text], images=[make_image(0, (300, 200))], return_tensors="pt")
         n_image_tokens = int((inputs["input_ids"] == cfg.image_token_id).sum())

@@ -6,6 +6,10 @@ vLLM, so config code and the OpenAI client stay light.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import logging
+
 from pipeline.engines.base import (
     Completion,
     Engine,
@@ -15,6 +19,8 @@ from pipeline.engines.base import (
     SampleResult,
     user_message,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Completion",
@@ -28,6 +34,10 @@ __all__ = [
 ]
 
 
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
 def build_engine(cfg: EngineConfig) -> Engine:
     """The engine named by ``cfg.engine``, with ``cfg.model`` loaded."""
     if not cfg.model:
@@ -37,6 +47,10 @@ def build_engine(cfg: EngineConfig) -> Engine:
 
         return TransformersEngine(cfg)
     if cfg.engine == "vllm":
+        if not vllm_available():
+            # Same requests, same outputs contract: a machine without vLLM still runs.
+            log.warning("vLLM is not installed; running %s with the transformers engine", cfg.model)
+            return build_engine(dataclasses.replace(cfg, engine="transformers"))
         from pipeline.engines.vllm_engine import VLLMEngine
 
         return VLLMEngine(cfg)

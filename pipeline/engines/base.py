@@ -112,7 +112,7 @@ class Engine(ABC):
     def close(self) -> None:
         """Free the model / connections. Idempotent."""
 
-    def __enter__(self) -> Engine:
+    def __enter__(self):  # -> the engine itself
         return self
 
     def __exit__(self, *exc) -> None:

@@ -55,13 +55,10 @@ def resolve_device(device: str) -> torch.device:
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
-        resolved = getattr(torch, dtype)
-    except AttributeError:
-        resolved = None
-    if not isinstance(resolved, torch.dtype):
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r} (use auto, float32, bfloat16 or float16)")
-    return resolved
+    return names[dtype]
 
 
 @dataclass
@@ -170,8 +167,9 @@ class TransformersEngine(Engine):
         """Left-pad the sequence inputs, concatenate the image inputs, move to device."""
         width = max(p.length for p in items)
         batch: dict = {}
-        for key in items[0].inputs:
-            values = [p.inputs[key] for p in items]
+        keys = dict.fromkeys(k for p in items for k in p.inputs)  # text-only rows lack images
+        for key in keys:
+            values = [p.inputs[key] for p in items if key in p.inputs]
             if key in _SEQUENCE_KEYS:
                 fill = self.pad_id if key == "input_ids" else 0
                 rows = [
@@ -214,8 +212,10 @@ class TransformersEngine(Engine):
         mrope = (text + delta[:, None])[None].expand(3, -1, -1)
         return torch.cat([text[None], mrope], dim=0)
 
-    def _prepare_all(self, requests, extra=None):
-        """Prepared items and per-request errors (index -> message)."""
+    def prepare_all(
+        self, requests: list[Request], extra: list[list[int]] | None = None
+    ) -> tuple[list[Prepared], dict[int, str]]:
+        """Prepared items and per-request errors (index -> message naming the request)."""
         prepared, errors = [], {}
         for i, request in enumerate(requests):
             try:
@@ -226,7 +226,8 @@ class TransformersEngine(Engine):
             prepared.append(item)
         return prepared, errors
 
-    def _batches(self, items: list[Prepared]) -> list[list[Prepared]]:
+    def batches(self, items: list[Prepared]) -> list[list[Prepared]]:
+        """Length-sorted (longest first) groups of ``batch_size`` prompts."""
         ordered = sorted(items, key=lambda p: -p.length)
         size = max(1, self.cfg.batch_size)
         return [ordered[i : i + size] for i in range(0, len(ordered), size)]
@@ -248,7 +249,7 @@ class TransformersEngine(Engine):
         ignore_eos: bool = False,
     ) -> list[SampleResult]:
         validate_sampling(n, temperature, top_p, max_tokens)
-        prepared, errors = self._prepare_all(requests)
+        prepared, errors = self.prepare_all(requests)
         results: list[SampleResult | None] = [None] * len(requests)
         for i, message in errors.items():
             results[i] = SampleResult(completions=[], error=message)
@@ -268,9 +269,16 @@ class TransformersEngine(Engine):
             generator.seed()
         else:
             generator.manual_seed(seed)
-        for batch_items in self._batches(ok):
+        for batch_items in self.batches(ok):
             outs = self._sample_batch(
-                batch_items, n, temperature, top_p, max_tokens, generator, stop, logprobs,
+                batch_items,
+                n,
+                temperature,
+                top_p,
+                max_tokens,
+                generator,
+                stop,
+                logprobs,
                 ignore_eos,
             )
             for item, completions in zip(batch_items, outs):
@@ -280,14 +288,20 @@ class TransformersEngine(Engine):
         return results  # type: ignore[return-value]
 
     def _sample_batch(
-        self, items, n, temperature, top_p, max_tokens, generator, stop, want_logprobs,
+        self,
+        items,
+        n,
+        temperature,
+        top_p,
+        max_tokens,
+        generator,
+        stop,
+        want_logprobs,
         ignore_eos,
     ) -> list[list[Completion]]:
         batch = self.collate(items)
         position_ids, real_lengths, delta = self.positions(batch)
-        out = self.model(
-            **batch, position_ids=position_ids, use_cache=True, logits_to_keep=1
-        )
+        out = self.model(**batch, position_ids=position_ids, use_cache=True, logits_to_keep=1)
         # Prefill done once per prompt; now fan out to n rows per prompt.
         cache = out.past_key_values
         if n > 1:
@@ -317,11 +331,7 @@ class TransformersEngine(Engine):
                 tokens[row].append(tok)
                 if want_logprobs:
                     lps[row].append(chosen[j])
-                if tok in eos:
-                    finish[row] = "stop"
-                elif stop and truncate_at_stop(
-                    self.tokenizer.decode(tokens[row][-window:], skip_special_tokens=True), stop
-                )[1]:
+                if tok in eos or (stop and self._ends_in_stop(tokens[row], stop, window)):
                     finish[row] = "stop"
                 elif len(tokens[row]) >= caps[row]:
                     finish[row] = "length"
@@ -363,6 +373,12 @@ class TransformersEngine(Engine):
             results.append(completions)
         return results
 
+    def _ends_in_stop(self, ids: list[int], stop: list[str], window: int) -> bool:
+        """Whether a stop string shows up in the text of the last ``window`` tokens
+        (re-decoding only the tail keeps the check O(1) per step)."""
+        tail = self.tokenizer.decode(ids[-window:], skip_special_tokens=True)
+        return truncate_at_stop(tail, stop)[1]
+
     # --- scoring -------------------------------------------------------------------
 
     @torch.inference_mode()
@@ -370,7 +386,7 @@ class TransformersEngine(Engine):
         if len(requests) != len(completions):
             raise ValueError(f"{len(requests)} requests but {len(completions)} completions")
         completions = [list(map(int, c)) for c in completions]
-        prepared, errors = self._prepare_all(requests, completions)
+        prepared, errors = self.prepare_all(requests, completions)
         if errors:
             raise RequestError("; ".join(errors.values()))
         for item in prepared:
@@ -381,7 +397,7 @@ class TransformersEngine(Engine):
                     f"context of {self.max_len} (max_model_len)"
                 )
         scores: list[list[float]] = [[] for _ in requests]
-        for batch_items in self._batches([p for p in prepared if completions[p.index]]):
+        for batch_items in self.batches([p for p in prepared if completions[p.index]]):
             batch = self.collate(batch_items)
             position_ids, _, _ = self.positions(batch)
             longest = max(len(completions[p.index]) for p in batch_items)

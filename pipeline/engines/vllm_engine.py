@@ -56,20 +56,24 @@ class VLLMEngine(Engine):
         dtype = cfg.dtype
         if dtype == "auto":  # explicit, so CPU runs stay float32 (comparable with HF)
             dtype = "float32" if on_cpu else "bfloat16"
-        mm_kwargs = {}
+        # The image cap in the processor's own terms (transformers 5 deprecates the
+        # max_pixels / min_pixels call kwargs), scoped to images so videos keep their own;
+        # vLLM fills a missing edge from the processor's default.
+        size = {}
         if cfg.max_pixels is not None:
-            mm_kwargs["max_pixels"] = cfg.max_pixels
+            size["longest_edge"] = cfg.max_pixels
         if cfg.min_pixels is not None:
-            mm_kwargs["min_pixels"] = cfg.min_pixels
-        kwargs = dict(
-            model=cfg.model,
-            dtype=dtype,
-            trust_remote_code=cfg.trust_remote_code,
-            tensor_parallel_size=cfg.tensor_parallel_size,
-            limit_mm_per_prompt={"image": cfg.limit_mm_per_prompt},
-            seed=cfg.seed,
-            enforce_eager=cfg.enforce_eager,
-        )
+            size["shortest_edge"] = cfg.min_pixels
+        mm_kwargs = {"images_kwargs": {"size": size}} if size else {}
+        kwargs = {
+            "model": cfg.model,
+            "dtype": dtype,
+            "trust_remote_code": cfg.trust_remote_code,
+            "tensor_parallel_size": cfg.tensor_parallel_size,
+            "limit_mm_per_prompt": {"image": cfg.limit_mm_per_prompt},
+            "seed": cfg.seed,
+            "enforce_eager": cfg.enforce_eager,
+        }
         if not on_cpu:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         if cfg.max_model_len is not None:
@@ -86,13 +90,8 @@ class VLLMEngine(Engine):
             cfg.model, trust_remote_code=cfg.trust_remote_code
         )
         ip = getattr(self.processor, "image_processor", None)
-        if ip is not None and mm_kwargs:
-            size = dict(ip.size or {})
-            if cfg.max_pixels is not None:
-                size["longest_edge"] = cfg.max_pixels
-            if cfg.min_pixels is not None:
-                size["shortest_edge"] = cfg.min_pixels
-            ip.size = size
+        if ip is not None and size:
+            ip.size = {**dict(ip.size or {}), **size}
         self.tokenizer = self.processor.tokenizer
 
     # --- preparing -----------------------------------------------------------------
