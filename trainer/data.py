@@ -48,6 +48,7 @@ class TrainPrompt:
     answers: list[str] = field(default_factory=list)
     skill: str | None = None
     source: str | None = None
+    choices: list[str] = field(default_factory=list)  # options of a multiple-choice prompt
 
 
 def _is_glob(source: str) -> bool:
@@ -189,4 +190,5 @@ def decode_prompt(row: dict[str, Any]) -> TrainPrompt:
         answers=[str(a) for a in (answers or [])],
         skill=row.get("skill"),
         source=row.get("source"),
+        choices=[str(c) for c in (row.get("choices") or [])],
     )

@@ -55,6 +55,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from pipeline.audit import format_question
 from pipeline.delta import DEFAULT_INSTRUCTION
 from trainer.batching import IGNORE_INDEX, collate, encode_prompt, join
 from trainer.data import BadPrompt, TrainPrompt, decode_prompt, load_prompts, select_prompts
@@ -193,10 +194,6 @@ def check_same_tokenizer(student_processor, teacher_processor) -> None:
             "use off-policy fine-tuning instead: sample the teacher's answers and train the "
             "student on them with trainer.sft (supervised fine-tuning)."
         )
-
-
-def format_question(question: str, instruction: str | None) -> str:
-    return f"{question}\n{instruction}" if instruction else question
 
 
 @contextmanager
@@ -369,7 +366,8 @@ class OPDTrainer:
         return out
 
     def _encode(self, prompt: TrainPrompt) -> PromptRollouts:
-        question = format_question(prompt.question, self.cfg.instruction)
+        # The same text the models saw when Δ was measured (options, instruction).
+        question = format_question(prompt.question, prompt.choices or None, self.cfg.instruction)
         s_enc = encode_prompt(self.processor, question, prompt.image)
         t_enc = encode_prompt(self.teacher_processor, question, prompt.image)
         limit = self.cfg.max_prompt_tokens

@@ -144,6 +144,37 @@ def white_is_zero(model_dir: Path) -> None:
     processor.save_pretrained(model_dir)
 
 
+def seed_position_code(model_dir: Path, seed: int = 0) -> None:
+    """Initialise the vision tower's learned position table with a strong factorised code
+    (half the channels a random unit-variance code of the row, half one of the column)
+    instead of N(0, 0.02).
+
+    The language model finds "the k-th bar" by content: its text positions sit at an
+    offset from the image that varies with the question's length, so a fixed relative
+    (RoPE) pattern cannot point at a grid cell. Absolute position reaches the image tokens
+    only through this table, and at the default scale it is ~50x weaker than the patch
+    content, so the model would first have to grow it before it could address a cell.
+    Random codes of distinct rows (columns) are nearly orthogonal, and a column shares its
+    code across rows. An initialisation choice; the architecture is unchanged.
+    """
+    import math
+
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    table = model.model.visual.pos_embed.weight  # (side*side, hidden), row-major grid
+    side, dim = math.isqrt(table.shape[0]), table.shape[1]
+    g = torch.Generator().manual_seed(seed)
+    row_code = torch.randn(side, dim // 2, generator=g)
+    col_code = torch.randn(side, dim - dim // 2, generator=g)
+    code = torch.cat([row_code[:, None, :].expand(side, side, -1),
+                      col_code[None, :, :].expand(side, side, -1)], dim=2)
+    with torch.no_grad():
+        table.copy_(code.reshape(side * side, dim))
+    model.save_pretrained(model_dir)
+
+
 def train_one(spec: ToySpec, out_root: Path, tokenizer, world: WorldConfig, *,
               eval_n: int, eval_every: int, threads: int, steps: int | None = None) -> dict[str, Any]:
     import torch
@@ -162,6 +193,7 @@ def train_one(spec: ToySpec, out_root: Path, tokenizer, world: WorldConfig, *,
         image_size=-(-max(world.width, world.height) // 32) * 32,  # processor cap >= the image
         seed=spec.seed)
     white_is_zero(init)
+    seed_position_code(init)
     train_world = WorldConfig(**{**asdict(world), "skill_weights": spec.skill_weights})
     rows = ChartWorldRows(train_world, steps * spec.batch_size, TRAIN_SEED, spec.target)
     probe = heldout_rows(world, eval_n, seed=HELDOUT_SEED + 100)  # a quick monitor, not the report
