@@ -1,0 +1,20 @@
+"""Every shipped config loads and validates (a typo in configs/ fails here, not on a GPU node)."""
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_config_is_valid(path):
+    if path.name.startswith("opd"):
+        from trainer.opd import load_config as load_opd
+
+        load_opd(str(path), [])
+        return
+    cfg = load_config(path)
+    assert cfg.models is not None and cfg.ingest.sources
