@@ -616,7 +616,9 @@ def run_audit(
 
 def summary_text(summary: dict) -> str:
     """A few lines for the terminal: overall and per-source/skill zero-delta fractions."""
-    pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+
     lines = [
         f"prompts: {summary['n_prompts']} (scored {summary['n_scored']}, errors {summary['n_errors']})",
         (

@@ -23,17 +23,18 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from pipeline import shards
 from pipeline.config import RunConfig
 from pipeline.execution import TaskFailure, execute
-from pipeline.stage import ShardOutput, ShardTask, Stage
+from pipeline.stage import ShardTask, Stage
 
 log = logging.getLogger(__name__)
 

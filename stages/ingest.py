@@ -10,8 +10,8 @@ shard order, so the result does not depend on which task finished first.
 from __future__ import annotations
 
 from pipeline import shards
-from pipeline.stage import ShardOutput, ShardTask, Stage
 from pipeline.schema import rows_to_table
+from pipeline.stage import ShardOutput, ShardTask, Stage
 
 
 class IngestStage(Stage):

@@ -64,9 +64,10 @@ def test_stages_one_at_a_time_then_the_dataset_loads(run_config, capsys):
 
     delta = datasets.load_dataset("parquet", data_files=str(run_dir / "04-delta" / "*.parquet"))["train"]
     assert len(delta) == 24
+    mined = {r["id"]: r["student_samples"] for r in mine}
     for row in delta:
         assert 0.0 <= row["delta"] <= 1.0 and row["delta_low"] <= row["delta"] + 1e-9
-        assert row["student_samples"] == mine.filter(lambda r: r["id"] == row["id"])[0]["student_samples"]
+        assert row["student_samples"] == mined[row["id"]]  # reused, not drawn again
         assert len(row["teacher_answers"]) in (2, 4)  # adaptive: k, or the full n
     assert (run_dir / "04-delta" / "delta_hist.png").is_file()
 

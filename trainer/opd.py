@@ -362,7 +362,7 @@ class OPDTrainer:
                 self.state.skipped[e.reason] = self.state.skipped.get(e.reason, 0) + 1
                 misses += 1
                 if misses > len(self.selection):
-                    raise RuntimeError(f"no usable prompt in the whole selection (skips: {self.state.skipped})")
+                    raise RuntimeError(f"no usable prompt in the whole selection (skips: {self.state.skipped})") from None
         return out
 
     def _encode(self, prompt: TrainPrompt) -> PromptRollouts:

@@ -109,7 +109,7 @@ class Engine(ABC):
     def score(self, requests: list[Request], completions: list[list[int]]) -> list[list[float]]:
         """per-token log p(completion token | prompt, previous tokens) under the model, T=1"""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: engines without resources keep it
         """Free the model / connections. Idempotent."""
 
     def __enter__(self):  # -> the engine itself

@@ -175,9 +175,9 @@ class OpenAIEngine(Engine):
         try:
             response = self.client.post(self.url, json=payload)
         except httpx.TimeoutException as e:
-            raise RetryableError(f"timed out after {self.cfg.timeout_s:g}s ({type(e).__name__})")
+            raise RetryableError(f"timed out after {self.cfg.timeout_s:g}s ({type(e).__name__})") from e
         except httpx.TransportError as e:  # refused, reset, DNS, protocol errors
-            raise RetryableError(f"connection error ({type(e).__name__}: {e})")
+            raise RetryableError(f"connection error ({type(e).__name__}: {e})") from e
         if response.status_code in RETRY_STATUS:
             hint = parse_retry_after(response.headers.get("retry-after"))
             if response.status_code == 429:
@@ -188,7 +188,7 @@ class OpenAIEngine(Engine):
         try:
             return response.json()
         except ValueError as e:
-            raise RetryableError(f"invalid JSON in the response: {e}")
+            raise RetryableError(f"invalid JSON in the response: {e}") from e
 
     def _post(self, payload: dict) -> dict:
         attempts = self.cfg.max_retries + 1
