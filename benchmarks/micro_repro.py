@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
+import shutil
 import statistics
 import sys
 import time
@@ -31,6 +33,21 @@ ARMS = {
     "zero_delta": {"data": "04-delta", "where": {"zero_delta": True}, "mode": "opd"},
     "va_opd_high": {"data": "05-filter", "where": {}, "mode": "va_opd"},
 }
+
+
+def pool_size(run: Path, spec: dict) -> int:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    files = sorted((run / spec["data"]).glob("shard-*.parquet"))
+    if not files:
+        return 0
+    table = pa.concat_tables([pq.read_table(f, columns=["zero_delta"]) for f in files])
+    mask = pa.array([True] * table.num_rows)
+    for col, value in spec["where"].items():
+        mask = pc.and_(mask, pc.equal(table.column(col), value))
+    return int(pc.sum(mask).as_py() or 0)
 
 
 def evaluate_model(model: str, rows: list[dict], max_tokens: int, instruction: str | None) -> dict:
@@ -67,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     run = Path(a.run)
+    for arm in a.arms:  # equal prompt counts are the point: check every pool first
+        have = pool_size(run, ARMS[arm])
+        if have < a.prompts:
+            p.error(f"arm {arm} has {have} prompts in {run}, fewer than --prompts {a.prompts}")
     held = Path(a.heldout)
     files = sorted(held.rglob("*.parquet")) if held.is_dir() else [held]
     rows = [r for f in files for r in pq.read_table(f).to_pylist()][: a.heldout_n]
@@ -81,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         results["arms"][arm] = []
         for seed in a.seeds:
             out = Path(a.out) / f"{arm}-seed{seed}"
+            shutil.rmtree(out, ignore_errors=True)  # every arm starts from the same student
             cfg = OPDConfig(
                 student=a.student, teacher=a.teacher,
                 data=str(run / spec["data"] / "shard-*.parquet"), where=spec["where"],
@@ -97,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             print(arm, seed, json.dumps(summary), flush=True)
     results["seconds"] = round(time.time() - t0, 1)
     results["machine"] = f"{platform.machine()} {platform.processor() or ''}".strip()
-    write_results(results, Path(a.results), " ".join(sys.argv))
+    write_results(results, Path(a.results),
+                  "python -m benchmarks.micro_repro " + shlex.join(sys.argv[1:] if argv is None else argv))
     return 0
 
 
@@ -122,9 +145,9 @@ def write_results(results: dict, stem: Path, command: str) -> None:
         head,
         "|" + "---|" * (len(skills) + 2),
     ]
-    for name in ("student", "teacher"):
+    for name, label in (("student", "student before OPD"), ("teacher", "teacher")):
         s = results["baseline"][name]
-        lines.append(f"| {name} (untrained) | {s['overall']:.3f} | "
+        lines.append(f"| {label} | {s['overall']:.3f} | "
                      + " | ".join(f"{s['by_skill'].get(k, float('nan')):.3f}" for k in skills) + " |")
     for arm, runs in results["arms"].items():
         overall = _mean_sd([r["overall"] for r in runs])

@@ -104,6 +104,7 @@ def test_value_labels_change_the_picture():
 @pytest.mark.parametrize("bad", [
     dict(kinds=["scatter"]), dict(kinds=[]), dict(label_set="greek"),
     dict(min_items=4, max_items=3), dict(max_items=9), dict(min_value=5, max_value=5),
+    dict(width=100), dict(width=96, kinds=["bar"], max_items=4),
     dict(skill_weights={"algebra": 1.0}), dict(skill_weights={"text": 0.0}),
 ])
 def test_bad_world_is_a_clear_error(bad):

@@ -27,7 +27,7 @@ from trainer.sft import (
 
 pytestmark = pytest.mark.slow
 
-WORLD = WorldConfig(kinds=["bar", "table"], width=64, height=64, max_items=3, font_size=10)
+WORLD = WorldConfig(kinds=["bar", "table"], width=96, height=64, max_items=3)
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,12 @@
 and a short worked reasoning, or ``None`` when it cannot be asked unambiguously (e.g.
 "which is largest?" with a tie).
 
-The reasoning is the toy teacher's ``<think>`` content: it first transcribes the chart
-("A=3 B=7 C=5") and then does the one step the question needs ("7-3=4"). Giving a tiny
-model the intermediate values as tokens is what makes arithmetic and multi-hop learnable
-in minutes of CPU; a student trained to answer directly lacks exactly that.
+The reasoning is the toy teacher's ``<think>`` content: the facts the question needs, each
+read off the chart by one lookup ("A=3 C=5", "max 9 min 2"), then the one computation
+("3+5=8"). Giving a tiny model the intermediate values as tokens is what makes arithmetic
+and multi-hop learnable in minutes of CPU; a student trained to answer directly lacks
+exactly that. (A full left-to-right transcription of the chart first was tried and
+dropped: addressing "the k-th item" by position was the slowest thing to learn.)
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from dataclasses import dataclass
 from seeds.chartworld.spec import Chart
 
 # How each kind names one item / its items, so questions read naturally per chart type.
-ITEM_NOUN = {"bar": "bar", "line": "point", "pie": "legend entry", "table": "row", "document": "line"}
-ITEMS_NOUN = {"bar": "bars", "line": "points", "pie": "slices", "table": "data rows",
-              "document": "listed items"}
+ITEM_NOUN = {"bar": "bar", "line": "point", "pie": "legend entry", "table": "column",
+             "document": "entry"}
+ITEMS_NOUN = {"bar": "bars", "line": "points", "pie": "slices", "table": "columns",
+              "document": "entries"}
 ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth"]
 
 
@@ -36,9 +39,8 @@ def transcription(chart: Chart) -> str:
     return " ".join(f"{lab}={v}" for lab, v in zip(chart.labels, chart.values))
 
 
-def _qa(chart: Chart, question: str, answer: object, skill: str, family: str, step: str) -> QA:
-    return QA(question=question, answer=str(answer), skill=skill, family=family,
-              reasoning=f"{transcription(chart)}. {step}")
+def _qa(chart: Chart, question: str, answer: object, skill: str, family: str, steps: str) -> QA:
+    return QA(question=question, answer=str(answer), skill=skill, family=family, reasoning=steps)
 
 
 def _unique_arg(chart: Chart, pick: Callable[[list[int]], int]) -> int | None:
@@ -89,7 +91,7 @@ def larger_of_two(chart: Chart, rng: random.Random) -> QA | None:
     win = a if va > vb else b
     op = ">" if va > vb else "<"
     return _qa(chart, f"Which is larger, {a} or {b}?", win, "comparison", "larger_of_two",
-               f"{va}{op}{vb}")
+               f"{a}={va} {b}={vb}. {va}{op}{vb}")
 
 
 def is_greater(chart: Chart, rng: random.Random) -> QA | None:
@@ -99,7 +101,7 @@ def is_greater(chart: Chart, rng: random.Random) -> QA | None:
     (a, b), (va, vb) = [chart.labels[k] for k in pair], [chart.values[k] for k in pair]
     op = ">" if va > vb else "<"
     return _qa(chart, f"Is {a} greater than {b}?", "Yes" if va > vb else "No", "comparison",
-               "is_greater", f"{va}{op}{vb}")
+               "is_greater", f"{a}={va} {b}={vb}. {va}{op}{vb}")
 
 
 # --- counting ---------------------------------------------------------------------------
@@ -128,14 +130,14 @@ def _pair(chart: Chart, rng: random.Random) -> tuple[str, str, int, int]:
 def sum_two(chart: Chart, rng: random.Random) -> QA | None:
     a, b, va, vb = _pair(chart, rng)
     return _qa(chart, f"What is the sum of {a} and {b}?", va + vb, "arithmetic", "sum_two",
-               f"{va}+{vb}={va + vb}")
+               f"{a}={va} {b}={vb}. {va}+{vb}={va + vb}")
 
 
 def diff_two(chart: Chart, rng: random.Random) -> QA | None:
     a, b, va, vb = _pair(chart, rng)
     hi, lo = max(va, vb), min(va, vb)
     return _qa(chart, f"What is the difference between {a} and {b}?", hi - lo, "arithmetic",
-               "diff_two", f"{hi}-{lo}={hi - lo}")
+               "diff_two", f"{a}={va} {b}={vb}. {hi}-{lo}={hi - lo}")
 
 
 def ratio_two(chart: Chart, rng: random.Random) -> QA | None:
@@ -148,20 +150,20 @@ def ratio_two(chart: Chart, rng: random.Random) -> QA | None:
     i, j = rng.choice(pairs)
     a, b, va, vb = chart.labels[i], chart.labels[j], chart.values[i], chart.values[j]
     return _qa(chart, f"What is the ratio of {a} to {b}?", va // vb, "arithmetic", "ratio_two",
-               f"{va}/{vb}={va // vb}")
+               f"{a}={va} {b}={vb}. {va}/{vb}={va // vb}")
 
 
 # --- multi-hop (find the extreme values, then compute) ----------------------------------
 def max_minus_min(chart: Chart, rng: random.Random) -> QA | None:
     hi, lo = max(chart.values), min(chart.values)
     return _qa(chart, "What is the difference between the highest and the lowest value?",
-               hi - lo, "multihop", "max_minus_min", f"max {hi} min {lo} {hi}-{lo}={hi - lo}")
+               hi - lo, "multihop", "max_minus_min", f"max {hi} min {lo}. {hi}-{lo}={hi - lo}")
 
 
 def max_plus_min(chart: Chart, rng: random.Random) -> QA | None:
     hi, lo = max(chart.values), min(chart.values)
     return _qa(chart, "What is the sum of the highest and the lowest value?", hi + lo,
-               "multihop", "max_plus_min", f"max {hi} min {lo} {hi}+{lo}={hi + lo}")
+               "multihop", "max_plus_min", f"max {hi} min {lo}. {hi}+{lo}={hi + lo}")
 
 
 def max_minus_label(chart: Chart, rng: random.Random) -> QA | None:
@@ -172,7 +174,7 @@ def max_minus_label(chart: Chart, rng: random.Random) -> QA | None:
     i = rng.choice(others)
     lab, v = chart.labels[i], chart.values[i]
     return _qa(chart, f"How much higher is the highest value than {lab}?", hi - v, "multihop",
-               "max_minus_label", f"max {hi} {lab}={v} {hi}-{v}={hi - v}")
+               "max_minus_label", f"max {hi} {lab}={v}. {hi}-{v}={hi - v}")
 
 
 # --- text (reading words off the image) -------------------------------------------------

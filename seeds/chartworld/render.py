@@ -1,10 +1,27 @@
 """Draw a ``Chart`` as a PNG with Pillow alone (no matplotlib: its output varies by version
 and backend, and determinism is the point: same chart + style seed -> same bytes).
 
-Layout choice that keeps the toy world learnable by tiny models: items sit in fixed slots
-of width ``width / max_items`` (32 px for the default 160 px / 5 items, which is exactly one
-Qwen-VL merged token of 16 px patches x 2), so a bar, its value label and its category
-label always fall in the same token column.
+Layout rule that keeps the toy world learnable by tiny models trained from scratch on a
+CPU: the image is a grid of 32x32 *tokens* (one Qwen-VL language-model token = 2x2
+vision patches of 16 px), and each item's label and value share one token, each glyph
+centred in its own 16x16 patch:
+
+    +-------+-------+
+    | label | value |     e.g. "C" | "5"
+    +-------+-------+
+    | (swatch / bar / blank)  |
+    +-------+-------+
+
+So "the value of C" is one content lookup (find the token showing C, read the digit
+beside it), and a glyph always sits at the same offset inside its patch, so the digits
+are linearly separable from the first step. What we measured before settling on this:
+with labels and values in different tokens at free positions, a 4.7M teacher had
+learned the number of items but read no glyph after 500 steps (loss plateau at ~0.9),
+though the digits were linearly decodable from its vision tokens at initialisation.
+
+Per kind, item k sits in token (row, column):
+bar / line / table: (last row / last row / 1, k) -- one token column per item;
+pie legend and document: row-major in a two-column block right of the pie / on the page.
 """
 
 from __future__ import annotations
@@ -25,8 +42,20 @@ PALETTE: list[tuple[int, int, int]] = [
 ]
 INK = (20, 20, 20)
 GRID = (215, 215, 215)
-TITLE_H = 18  # pixels reserved for the title line
-XLABEL_H = 16  # pixels reserved under the plot for category labels
+PATCH = 16  # a vision patch: every short text is centred in one
+TOKEN = 32  # a language-model token: 2x2 patches
+
+
+def capacity(kind: str, width: int, height: int) -> int:
+    """How many items a chart of ``kind`` can show at this size (one token each)."""
+    cols, rows = width // TOKEN, height // TOKEN
+    if kind in ("bar", "line", "table"):
+        return cols
+    if kind == "pie":
+        return 2 * (rows - 1)
+    if kind == "document":
+        return (cols // 2) * (rows - 1)
+    raise ValueError(f"unknown chart kind {kind!r}")
 
 
 @lru_cache(maxsize=8)
@@ -46,64 +75,70 @@ def render_png(chart: Chart, cfg: WorldConfig, style_seed: int) -> bytes:
         fn = drawer[chart.kind]
     except KeyError:
         raise ValueError(f"unknown chart kind {chart.kind!r}") from None
+    if len(chart.values) > capacity(chart.kind, cfg.width, cfg.height):
+        raise ValueError(f"{len(chart.values)} items do not fit a {cfg.width}x{cfg.height} {chart.kind}")
     fn(draw, chart, cfg, rng)
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False)
     return buf.getvalue()
 
 
-def _title(draw: ImageDraw.ImageDraw, chart: Chart, cfg: WorldConfig, x: float | None = None) -> None:
+# --- helpers -----------------------------------------------------------------------------
+def _text(draw, x: float, y: float, s: str, cfg: WorldConfig, size: int | None = None) -> None:
+    draw.text((x, y), s, fill=INK, font=_font(size or cfg.font_size), anchor="mm")
+
+
+def _pair(draw, row: int, col: int, label: str, value: int, cfg: WorldConfig) -> None:
+    """An item's label and value in token (row, col): top-left and top-right patches."""
+    x, y = col * TOKEN, row * TOKEN + PATCH / 2
+    _text(draw, x + PATCH / 2, y, label, cfg)
+    if cfg.value_labels:
+        _text(draw, x + PATCH * 1.5, y, str(value), cfg)
+
+
+def _title(draw, chart: Chart, cfg: WorldConfig, left: bool = False) -> None:
+    """Title in token row 0 (its top patch row): centred, or left-aligned on documents."""
     f = _font(cfg.font_size + 1)
-    if x is None:
-        draw.text((cfg.width / 2, TITLE_H / 2 + 1), chart.title, fill=INK, font=f, anchor="mm")
+    if left:
+        draw.text((PATCH / 2, PATCH / 2 + 1), chart.title, fill=INK, font=f, anchor="lm")
     else:
-        draw.text((x, TITLE_H / 2 + 1), chart.title, fill=INK, font=f, anchor="lm")
+        draw.text((cfg.width / 2, PATCH / 2 + 1), chart.title, fill=INK, font=f, anchor="mm")
 
 
-def _slots(chart: Chart, cfg: WorldConfig) -> list[float]:
-    """x centre of each item: fixed-width slots, the group centred to a whole slot."""
-    slot = cfg.width / cfg.max_items
-    offset = (cfg.max_items - len(chart.values)) // 2
-    return [(offset + i + 0.5) * slot for i in range(len(chart.values))]
-
-
-def _plot_box(cfg: WorldConfig) -> tuple[float, float]:
-    """(top, bottom) of the plotting band; room above the top for a value label."""
-    top = TITLE_H + cfg.font_size + 4
-    bottom = cfg.height - XLABEL_H - 2
-    return top, bottom
+def _axis(cfg: WorldConfig) -> tuple[float, float]:
+    """(top, bottom) pixels of the plotting band: token rows 1 .. last-1."""
+    return TOKEN, (cfg.height // TOKEN - 1) * TOKEN
 
 
 def _y_of(value: int, cfg: WorldConfig) -> float:
-    top, bottom = _plot_box(cfg)
-    return bottom - (value / cfg.max_value) * (bottom - top)
+    top, bottom = _axis(cfg)
+    return bottom - (value / cfg.max_value) * (bottom - top - 4)
 
 
-def _value_grid(draw: ImageDraw.ImageDraw, cfg: WorldConfig) -> None:
+def _value_grid(draw, cfg: WorldConfig) -> None:
     """Without value labels a reader needs a scale: a light grid line per value step."""
     f = _font(max(8, cfg.font_size - 3))
-    step = max(1, math.ceil(cfg.max_value / 10))
+    step = max(1, math.ceil(cfg.max_value / 8))
     for v in range(0, cfg.max_value + 1, step):
         y = _y_of(v, cfg)
-        draw.line([(10, y), (cfg.width - 1, y)], fill=GRID)
-        draw.text((1, y), str(v), fill=INK, font=f, anchor="lm")
+        draw.line([(0, y), (cfg.width - 1, y)], fill=GRID)
+        draw.text((cfg.width - 1, y), str(v), fill=INK, font=f, anchor="rm")
 
 
+# --- chart kinds -------------------------------------------------------------------------
 def _bar(draw, chart: Chart, cfg: WorldConfig, rng: random.Random) -> None:
+    """Bars in token columns; each bar's "label value" tick sits under it, in the last row."""
     _title(draw, chart, cfg)
     if not cfg.value_labels:
         _value_grid(draw, cfg)
     color = rng.choice(PALETTE)
-    f = _font(cfg.font_size)
-    _, bottom = _plot_box(cfg)
-    half = cfg.width / cfg.max_items * 0.3
-    for x, label, value in zip(_slots(chart, cfg), chart.labels, chart.values):
-        y = _y_of(value, cfg)
+    _, bottom = _axis(cfg)
+    last = cfg.height // TOKEN - 1
+    for k, (label, value) in enumerate(zip(chart.labels, chart.values)):
+        x0 = k * TOKEN
         if value > 0:
-            draw.rectangle([x - half, y, x + half, bottom], fill=color)
-        if cfg.value_labels:
-            draw.text((x, y - 2), str(value), fill=INK, font=f, anchor="mb")
-        draw.text((x, bottom + 2 + XLABEL_H / 2), label, fill=INK, font=f, anchor="mm")
+            draw.rectangle([x0 + 6, _y_of(value, cfg), x0 + TOKEN - 7, bottom - 1], fill=color)
+        _pair(draw, last, k, label, value, cfg)
     draw.line([(0, bottom), (cfg.width, bottom)], fill=INK)
 
 
@@ -112,24 +147,24 @@ def _line(draw, chart: Chart, cfg: WorldConfig, rng: random.Random) -> None:
     if not cfg.value_labels:
         _value_grid(draw, cfg)
     color = rng.choice(PALETTE)
-    f = _font(cfg.font_size)
-    _, bottom = _plot_box(cfg)
-    points = [(x, _y_of(v, cfg)) for x, v in zip(_slots(chart, cfg), chart.values)]
+    _, bottom = _axis(cfg)
+    last = cfg.height // TOKEN - 1
+    points = [(k * TOKEN + TOKEN / 2, _y_of(v, cfg)) for k, v in enumerate(chart.values)]
     draw.line([(0, bottom), (cfg.width, bottom)], fill=INK)
     draw.line(points, fill=color, width=2)
-    for (x, y), label, value in zip(points, chart.labels, chart.values):
+    for k, ((x, y), label, value) in enumerate(zip(points, chart.labels, chart.values)):
         draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
-        if cfg.value_labels:
-            draw.text((x, y - 4), str(value), fill=INK, font=f, anchor="mb")
-        draw.text((x, bottom + 2 + XLABEL_H / 2), label, fill=INK, font=f, anchor="mm")
+        _pair(draw, last, k, label, value, cfg)
 
 
 def _pie(draw, chart: Chart, cfg: WorldConfig, rng: random.Random) -> None:
-    """A pie on the left, a legend (swatch, label, value) on the right, one entry a row."""
+    """A pie on the left; a legend of two token columns on the right, row-major, each entry
+    "label value" over its colour swatch."""
     _title(draw, chart, cfg)
     colors = rng.sample(PALETTE, len(chart.values))
-    d = min(cfg.height - TITLE_H - 6, int(cfg.width * 0.55))
-    x0, y0 = 3, TITLE_H + (cfg.height - TITLE_H - d) // 2
+    legend_col = cfg.width // TOKEN - 2
+    d = min(cfg.height - TOKEN - 4, legend_col * TOKEN - 6)
+    x0, y0 = 2, TOKEN + (cfg.height - TOKEN - d) // 2
     total = sum(chart.values)
     angle = -90.0  # start at twelve o'clock, clockwise, as most pie charts do
     for value, color in zip(chart.values, colors):
@@ -138,47 +173,40 @@ def _pie(draw, chart: Chart, cfg: WorldConfig, rng: random.Random) -> None:
         sweep = 360.0 * value / total
         draw.pieslice([x0, y0, x0 + d, y0 + d], angle, angle + sweep, fill=color)
         angle += sweep
-    f = _font(cfg.font_size)
-    lx = x0 + d + 6
-    row = (cfg.height - TITLE_H) / cfg.max_items
-    for i, (label, value, color) in enumerate(zip(chart.labels, chart.values, colors)):
-        cy = TITLE_H + (i + 0.5) * row
-        draw.rectangle([lx, cy - 4, lx + 8, cy + 4], fill=color)
-        text = f"{label} {value}" if cfg.value_labels else label
-        draw.text((lx + 12, cy), text, fill=INK, font=f, anchor="lm")
+    for k, (label, value, color) in enumerate(zip(chart.labels, chart.values, colors)):
+        row, col = 1 + k // 2, legend_col + k % 2
+        _pair(draw, row, col, label, value, cfg)
+        sx, sy = col * TOKEN + PATCH / 2, row * TOKEN + PATCH * 1.5
+        draw.rectangle([sx - 5, sy - 4, sx + 5 + PATCH, sy + 3], fill=color)
 
 
 def _table(draw, chart: Chart, cfg: WorldConfig, rng: random.Random) -> None:
-    """A ruled two-column table: header row, then label | value rows."""
+    """A ruled one-row table: a header cell per item (its label, top patch row) and its
+    value right beside it; items in token columns, the header shaded."""
     _title(draw, chart, cfg)
-    f = _font(cfg.font_size)
-    n_rows = len(chart.values) + 1
-    row = (cfg.height - TITLE_H - 2) / max(n_rows, cfg.max_items + 1)
-    left, right, mid = 4, cfg.width - 4, cfg.width // 2
-    top = TITLE_H + 1
-    header_fill = rng.choice(PALETTE)
-    draw.rectangle([left, top, right, top + row], fill=tuple(c // 2 + 128 for c in header_fill))
-    cells = [("Item", "Value")] + [(lab, str(v)) for lab, v in zip(chart.labels, chart.values)]
-    for i, (a, b) in enumerate(cells):
-        cy = top + (i + 0.5) * row
-        draw.text(((left + mid) / 2, cy), a, fill=INK, font=f, anchor="mm")
-        draw.text(((mid + right) / 2, cy), b, fill=INK, font=f, anchor="mm")
-    bottom = top + n_rows * row
-    for i in range(n_rows + 1):
-        y = top + i * row
-        draw.line([(left, y), (right, y)], fill=INK)
-    for x in (left, mid, right):
-        draw.line([(x, top), (x, bottom)], fill=INK)
+    n = len(chart.values)
+    header = rng.choice(PALETTE)
+    shade = tuple(c // 3 + 170 for c in header)
+    top, bottom, right = TOKEN, 2 * TOKEN, n * TOKEN
+    draw.rectangle([0, top, right - 1, top + PATCH], fill=shade)
+    for k, (label, value) in enumerate(zip(chart.labels, chart.values)):
+        _pair(draw, 1, k, label, value, cfg)
+    draw.rectangle([0, top, right - 1, bottom - 1], outline=INK)
+    for k in range(1, n):
+        draw.line([(k * TOKEN, top), (k * TOKEN, bottom - 1)], fill=INK)
+    draw.line([(0, top + PATCH), (right - 1, top + PATCH)], fill=GRID)
 
 
 def _document(draw, chart: Chart, cfg: WorldConfig, rng: random.Random) -> None:
-    """A memo-like page: left-aligned title with a rule, then one "label: value" line each."""
+    """A memo-like page: left-aligned title over a rule, then "label value" entries,
+    row-major in two token columns per line of entries."""
     paper = rng.choice([(255, 255, 255), (250, 246, 232), (240, 244, 250)])
     draw.rectangle([0, 0, cfg.width - 1, cfg.height - 1], fill=paper, outline=GRID)
-    _title(draw, chart, cfg, x=6)
-    draw.line([(6, TITLE_H + 1), (cfg.width - 6, TITLE_H + 1)], fill=INK)
-    f = _font(cfg.font_size)
-    row = (cfg.height - TITLE_H - 4) / cfg.max_items
-    for i, (label, value) in enumerate(zip(chart.labels, chart.values)):
-        cy = TITLE_H + 3 + (i + 0.5) * row
-        draw.text((10, cy), f"{label}: {value}", fill=INK, font=f, anchor="lm")
+    _title(draw, chart, cfg, left=True)
+    draw.line([(4, PATCH + 3), (cfg.width - 4, PATCH + 3)], fill=INK)
+    per_row = cfg.width // TOKEN // 2
+    for k, (label, value) in enumerate(zip(chart.labels, chart.values)):
+        row, col = 1 + k // per_row, 2 * (k % per_row)
+        _pair(draw, row, col, label, value, cfg)
+        y = row * TOKEN + PATCH + 4
+        draw.line([(col * TOKEN + 3, y), (col * TOKEN + TOKEN - 3, y)], fill=GRID)

@@ -46,8 +46,8 @@ class WorldConfig:
     max_value: int = 9
     label_set: str = "letters"  # key of LABEL_SETS
     ordered_labels: bool = False  # True: labels in set order (A, B, C...); False: a random subset
-    width: int = 160  # pixels; multiples of 32 keep the Qwen-VL processor from resizing
-    height: int = 128
+    width: int = 160  # pixels; multiples of 32 (one Qwen-VL token) so nothing is resized
+    height: int = 128  # and each item's label + value fill one token (see render.py)
     value_labels: bool = True  # print each value on/next to its mark (reading = OCR)
     font_size: int = 12
     # Relative weight of each skill when drawing a question; a skill absent here is never
@@ -67,8 +67,15 @@ class WorldConfig:
             )
         if not 0 <= self.min_value < self.max_value:
             raise ValueError(f"need 0 <= min_value < max_value, got {self.min_value}..{self.max_value}")
-        if self.width < 64 or self.height < 64:
-            raise ValueError(f"image must be at least 64x64, got {self.width}x{self.height}")
+        if self.width < 64 or self.height < 64 or self.width % 32 or self.height % 32:
+            raise ValueError(f"image sides must be multiples of 32, at least 64; got {self.width}x{self.height}")
+        from seeds.chartworld.render import capacity  # render imports this module
+
+        for kind in self.kinds:
+            room = capacity(kind, self.width, self.height)
+            if self.max_items > room:
+                raise ValueError(f"a {self.width}x{self.height} {kind} holds at most {room} items "
+                                 f"(one 32x32 token each), max_items is {self.max_items}")
         weights = self.skill_weights or {}
         unknown = [s for s in weights if s not in SKILLS]
         if unknown:
