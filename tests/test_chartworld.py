@@ -105,6 +105,7 @@ def test_value_labels_change_the_picture():
     dict(kinds=["scatter"]), dict(kinds=[]), dict(label_set="greek"),
     dict(min_items=4, max_items=3), dict(max_items=9), dict(min_value=5, max_value=5),
     dict(width=100), dict(width=96, kinds=["bar"], max_items=4),
+    dict(height=64, kinds=["bar"]), dict(width=96, kinds=["pie"], max_items=3),
     dict(skill_weights={"algebra": 1.0}), dict(skill_weights={"text": 0.0}),
 ])
 def test_bad_world_is_a_clear_error(bad):
@@ -140,3 +141,68 @@ def test_seed_set_loads_as_chartqa_layout(tmp_path):
     first = path.read_bytes()
     write_seed_set(tmp_path, WorldConfig(), 30, seed=5, split="test")
     assert path.read_bytes() == first
+
+
+@pytest.mark.parametrize("kind", CHART_KINDS)
+def test_each_item_label_and_value_share_one_token_at_fixed_offsets(kind):
+    """The learnability contract of the layout: item k's label lies wholly inside the
+    top-left patch of its token and its value inside the top-right one, at the same offset
+    wherever the glyph appears (anti-aliasing varies with the page tint; the place not)."""
+    from seeds.chartworld.render import PATCH, TOKEN, item_token
+
+    cfg = WorldConfig(kinds=[kind])
+    boxes: dict[tuple[str, str], list[tuple[int, int, int, int]]] = collections.defaultdict(list)
+    for ex in generate(cfg, 40, seed=11):
+        img = Image.open(io.BytesIO(ex.image)).convert("L")
+        for k, (label, value) in enumerate(zip(ex.chart.labels, ex.chart.values)):
+            row, col = item_token(kind, k, cfg.width, cfg.height)
+            for what, dx, glyph in (("label", 0, label), ("value", PATCH, str(value))):
+                x, y = col * TOKEN + dx, row * TOKEN
+                # inner 14x14: table rules and page borders run along patch edges
+                ink = img.crop((x + 1, y + 1, x + PATCH - 1, y + PATCH - 1)).point(
+                    lambda p: 255 if p < 100 else 0)
+                box = ink.getbbox()
+                assert box is not None, (kind, k, what)  # the glyph is there
+                assert box[0] > 0 and box[1] > 0 and box[2] < 14 and box[3] < 14, (kind, what, box)
+                boxes[(what, glyph)].append(box)
+    for key, found in boxes.items():
+        for box in found:
+            assert all(abs(a - b) <= 1 for a, b in zip(box, found[0])), (key, found)
+    assert {g for (w, g) in boxes if w == "value"} >= {"1", "5", "9"}
+
+
+def test_training_stream_rows_continue_where_a_phase_stopped():
+    from seeds.chartworld.train_toys import ChartWorldRows
+
+    world = WorldConfig()
+    first = ChartWorldRows(world, 10, seed=1, target="reasoning")
+    later = ChartWorldRows(world, 10, seed=1, target="direct", start=7)
+    assert later[0]["image"] == first[7]["image"] == make_example(world, 1, 7).image
+    assert first[7]["target"].startswith("<think>") and later[0]["target"].startswith("Answer: ")
+    assert later[0]["question"] == make_example(world, 1, 7).qa.question
+    with pytest.raises(IndexError):
+        later[10]
+
+
+@pytest.mark.slow
+def test_truncated_teacher_keeps_the_first_layers(tmp_path):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from pipeline.tiny_models import build_tiny_qwen3vl, build_tokenizer
+    from seeds.chartworld.train_toys import truncate_model
+
+    torch.set_num_threads(1)
+    src = build_tiny_qwen3vl(tmp_path / "t", build_tokenizer(), hidden_size=64, num_layers=3,
+                             num_heads=1, num_kv_heads=1, intermediate_size=128,
+                             vision_hidden=32, vision_depth=1, image_size=64)
+    dst = truncate_model(src, tmp_path / "s", 2)
+    full = AutoModelForImageTextToText.from_pretrained(src).state_dict()
+    small = AutoModelForImageTextToText.from_pretrained(dst)
+    assert small.config.text_config.num_hidden_layers == 2
+    kept = small.state_dict()
+    assert not any(".layers.2." in k for k in kept)
+    for k, v in kept.items():
+        torch.testing.assert_close(v, full[k], atol=0, rtol=0, msg=k)
+    with pytest.raises(ValueError):
+        truncate_model(src, tmp_path / "x", 4)

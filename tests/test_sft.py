@@ -27,7 +27,7 @@ from trainer.sft import (
 
 pytestmark = pytest.mark.slow
 
-WORLD = WorldConfig(kinds=["bar", "table"], width=96, height=64, max_items=3)
+WORLD = WorldConfig(kinds=["bar", "table"], width=96, height=96, max_items=3)
 
 
 @pytest.fixture(scope="module")

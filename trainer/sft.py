@@ -107,8 +107,8 @@ def forward_completion_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     inner = getattr(model, "model", None)
     if head is None or inner is None:
-        return completion_nll(model(**inputs).logits, labels)
-    hidden = inner(**inputs).last_hidden_state  # (B, T, H)
+        return completion_nll(model(**inputs, use_cache=False).logits, labels)
+    hidden = inner(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
     target = labels[:, 1:]
     keep = target != IGNORE_INDEX
     logits = head(hidden[:, :-1][keep]).float()

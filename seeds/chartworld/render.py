@@ -49,12 +49,29 @@ TOKEN = 32  # a language-model token: 2x2 patches
 def capacity(kind: str, width: int, height: int) -> int:
     """How many items a chart of ``kind`` can show at this size (one token each)."""
     cols, rows = width // TOKEN, height // TOKEN
-    if kind in ("bar", "line", "table"):
+    if kind in ("bar", "line"):  # title row, >= 1 plotting row, tick row
+        return cols if rows >= 3 else 0
+    if kind == "table":
         return cols
-    if kind == "pie":
-        return 2 * (rows - 1)
+    if kind == "pie":  # the pie needs two columns beside the two-column legend
+        return 2 * (rows - 1) if cols >= 4 else 0
     if kind == "document":
         return (cols // 2) * (rows - 1)
+    raise ValueError(f"unknown chart kind {kind!r}")
+
+
+def item_token(kind: str, k: int, width: int, height: int) -> tuple[int, int]:
+    """(row, column) of the 32x32 token holding item ``k``'s label and value."""
+    cols, rows = width // TOKEN, height // TOKEN
+    if kind in ("bar", "line"):
+        return rows - 1, k
+    if kind == "table":
+        return 1, k
+    if kind == "pie":
+        return 1 + k // 2, cols - 2 + k % 2
+    if kind == "document":
+        per_row = cols // 2
+        return 1 + k // per_row, 2 * (k % per_row)
     raise ValueError(f"unknown chart kind {kind!r}")
 
 
@@ -133,12 +150,12 @@ def _bar(draw, chart: Chart, cfg: WorldConfig, rng: random.Random) -> None:
         _value_grid(draw, cfg)
     color = rng.choice(PALETTE)
     _, bottom = _axis(cfg)
-    last = cfg.height // TOKEN - 1
     for k, (label, value) in enumerate(zip(chart.labels, chart.values)):
-        x0 = k * TOKEN
+        row, col = item_token("bar", k, cfg.width, cfg.height)
+        x0 = col * TOKEN
         if value > 0:
             draw.rectangle([x0 + 6, _y_of(value, cfg), x0 + TOKEN - 7, bottom - 1], fill=color)
-        _pair(draw, last, k, label, value, cfg)
+        _pair(draw, row, col, label, value, cfg)
     draw.line([(0, bottom), (cfg.width, bottom)], fill=INK)
 
 
@@ -148,13 +165,13 @@ def _line(draw, chart: Chart, cfg: WorldConfig, rng: random.Random) -> None:
         _value_grid(draw, cfg)
     color = rng.choice(PALETTE)
     _, bottom = _axis(cfg)
-    last = cfg.height // TOKEN - 1
-    points = [(k * TOKEN + TOKEN / 2, _y_of(v, cfg)) for k, v in enumerate(chart.values)]
+    cells = [item_token("line", k, cfg.width, cfg.height) for k in range(len(chart.values))]
+    points = [(col * TOKEN + TOKEN / 2, _y_of(v, cfg)) for (_, col), v in zip(cells, chart.values)]
     draw.line([(0, bottom), (cfg.width, bottom)], fill=INK)
     draw.line(points, fill=color, width=2)
-    for k, ((x, y), label, value) in enumerate(zip(points, chart.labels, chart.values)):
+    for (row, col), (x, y), label, value in zip(cells, points, chart.labels, chart.values):
         draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
-        _pair(draw, last, k, label, value, cfg)
+        _pair(draw, row, col, label, value, cfg)
 
 
 def _pie(draw, chart: Chart, cfg: WorldConfig, rng: random.Random) -> None:
@@ -174,7 +191,7 @@ def _pie(draw, chart: Chart, cfg: WorldConfig, rng: random.Random) -> None:
         draw.pieslice([x0, y0, x0 + d, y0 + d], angle, angle + sweep, fill=color)
         angle += sweep
     for k, (label, value, color) in enumerate(zip(chart.labels, chart.values, colors)):
-        row, col = 1 + k // 2, legend_col + k % 2
+        row, col = item_token("pie", k, cfg.width, cfg.height)
         _pair(draw, row, col, label, value, cfg)
         sx, sy = col * TOKEN + PATCH / 2, row * TOKEN + PATCH * 1.5
         draw.rectangle([sx - 5, sy - 4, sx + 5 + PATCH, sy + 3], fill=color)
@@ -190,7 +207,7 @@ def _table(draw, chart: Chart, cfg: WorldConfig, rng: random.Random) -> None:
     top, bottom, right = TOKEN, 2 * TOKEN, n * TOKEN
     draw.rectangle([0, top, right - 1, top + PATCH], fill=shade)
     for k, (label, value) in enumerate(zip(chart.labels, chart.values)):
-        _pair(draw, 1, k, label, value, cfg)
+        _pair(draw, *item_token("table", k, cfg.width, cfg.height), label, value, cfg)
     draw.rectangle([0, top, right - 1, bottom - 1], outline=INK)
     for k in range(1, n):
         draw.line([(k * TOKEN, top), (k * TOKEN, bottom - 1)], fill=INK)
@@ -204,9 +221,8 @@ def _document(draw, chart: Chart, cfg: WorldConfig, rng: random.Random) -> None:
     draw.rectangle([0, 0, cfg.width - 1, cfg.height - 1], fill=paper, outline=GRID)
     _title(draw, chart, cfg, left=True)
     draw.line([(4, PATCH + 3), (cfg.width - 4, PATCH + 3)], fill=INK)
-    per_row = cfg.width // TOKEN // 2
     for k, (label, value) in enumerate(zip(chart.labels, chart.values)):
-        row, col = 1 + k // per_row, 2 * (k % per_row)
+        row, col = item_token("document", k, cfg.width, cfg.height)
         _pair(draw, row, col, label, value, cfg)
         y = row * TOKEN + PATCH + 4
         draw.line([(col * TOKEN + 3, y), (col * TOKEN + TOKEN - 3, y)], fill=GRID)

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=HELDOUT_SEED)
     p.add_argument("--engine", default="transformers-inprocess",
                    choices=["transformers-inprocess", "transformers", "vllm"])
-    p.add_argument("--instruction", type=int, default=1, choices=range(len(INSTRUCTIONS)),
+    p.add_argument("--instruction", type=int, default=0, choices=range(len(INSTRUCTIONS)),
                    help="which training instruction to append (0 = bare question)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="markdown file to write")
@@ -78,8 +78,7 @@ Command: `{command}`
 
 Held-out set: {a.n} chart-world questions, seed {a.seed} (training used seed 1), default
 world (`seeds.chartworld.WorldConfig()`: bar/line/pie/table/document, 3-5 items, values
-1-9, value labels on, 160x128 px), all skills equally likely. Prompt: question +
-"\\n" + `{INSTRUCTIONS[a.instruction]!r}`. Greedy decoding (engine: {a.engine}); answers
+1-9, value labels on, 160x128 px), all skills equally likely. Prompt: the question{"" if not a.instruction else " + a newline + " + repr(INSTRUCTIONS[a.instruction])}. Greedy decoding (engine: {a.engine}); answers
 extracted and matched with `pipeline.answers` (relaxed).
 Machine: {platform.machine()}, {a.threads} threads; evaluation time teacher
 {times['teacher']:.0f} s, student {times['student']:.0f} s.

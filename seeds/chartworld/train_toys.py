@@ -47,6 +47,11 @@ INSTRUCTIONS: list[str] = [
     "Answer the question. Keep any reasoning short and end with a final line of the form "
     "'Answer: <value>'.",
 ]
+# Which of them training uses: the bare question only. An appended instruction moves the
+# question's label tokens a variable distance away, and copying them took the tiny models
+# markedly longer to learn (measured in a copy probe); the demo config sends no
+# instruction (delta.instruction: ""), so the models are trained for exactly that.
+TRAIN_INSTRUCTIONS: list[str] = [""]
 
 
 @dataclass
@@ -67,33 +72,43 @@ class ToySpec:
     lr: float = 2e-3
     warmup_steps: int = 50
     seed: int = 0
+    # Start from the first `truncate_teacher` language-model layers of the trained teacher
+    # (vision tower, embeddings, head and those layers copied) instead of random weights;
+    # the hidden sizes then come from the teacher and the fields above are ignored.
+    truncate_teacher: int | None = None
 
 
 TEACHER = ToySpec(
     name="teacher", target="reasoning", hidden_size=256, num_layers=4, num_heads=4,
-    intermediate_size=768, vision_depth=2, vision_hidden=128, steps=1500, seed=0,
+    intermediate_size=768, vision_depth=2, vision_hidden=128, steps=3000, warmup_steps=100,
+    seed=0,
 )
-# The student sees each of arithmetic and multi-hop at 1/20 the rate of the other skills.
+# The student: the teacher's first 2 of 4 language-model layers (same vision tower and
+# vocabulary), fine-tuned to answer directly ("Answer: X", no <think>), with arithmetic
+# and multi-hop questions at 1/20 the rate of the other skills. Reading the chart it
+# inherits from the teacher; computing with what it read in one pass of two layers, with
+# little data for it, it mostly cannot: that is the gap distillation should close.
 STUDENT = ToySpec(
-    name="student", target="direct", hidden_size=128, num_layers=1, num_heads=2,
-    intermediate_size=384, vision_depth=2, vision_hidden=64, steps=800, seed=1,
+    name="student", target="direct", hidden_size=256, num_layers=2, num_heads=4,
+    intermediate_size=768, vision_depth=2, vision_hidden=128, steps=800, warmup_steps=50,
+    lr=1e-3, seed=1, truncate_teacher=2,
     skill_weights={s: (0.05 if s in ("arithmetic", "multihop") else 1.0) for s in SKILLS},
 )
 SPECS = {"teacher": TEACHER, "student": STUDENT}
 
 
 def prompt_text(question: str, rng: random.Random) -> str:
-    instruction = rng.choice(INSTRUCTIONS)
+    instruction = rng.choice(TRAIN_INSTRUCTIONS)
     return f"{question}\n{instruction}" if instruction else question
 
 
 class ChartWorldRows(Sequence):
-    """A lazily generated training stream: row i = chart-world example i as
+    """A lazily generated training stream: row i = chart-world example ``start + i`` as
     ``{"image", "question", "target"}``; the prompt variant is drawn from the same seed."""
 
-    def __init__(self, world: WorldConfig, n: int, seed: int, target: str):
+    def __init__(self, world: WorldConfig, n: int, seed: int, target: str, start: int = 0):
         world.validate()
-        self.world, self.n, self.seed, self.target = world, n, seed, target
+        self.world, self.n, self.seed, self.target, self.start = world, n, seed, target, start
 
     def __len__(self) -> int:
         return self.n
@@ -101,8 +116,8 @@ class ChartWorldRows(Sequence):
     def __getitem__(self, i: int) -> dict[str, Any]:
         if not 0 <= i < self.n:
             raise IndexError(i)
-        ex = make_example(self.world, self.seed, i)
-        rng = random.Random(f"prompt:{self.seed}:{i}")
+        ex = make_example(self.world, self.seed, self.start + i)
+        rng = random.Random(f"prompt:{self.seed}:{self.start + i}")
         fn = reasoning_target if self.target == "reasoning" else direct_target
         return {"image": ex.image, "question": prompt_text(ex.qa.question, rng),
                 "target": fn(ex.qa), "skill": ex.qa.skill}
@@ -113,7 +128,7 @@ def tokenizer_corpus(n_examples: int = 3000) -> list[str]:
     BPE merges make the toy prompts and answers short."""
     from pipeline.tiny_models import DEFAULT_CORPUS
 
-    corpus = list(DEFAULT_CORPUS) + [i for i in INSTRUCTIONS if i]
+    corpus = list(DEFAULT_CORPUS) + [i for i in INSTRUCTIONS if i]  # compact if ever used
     corpus += [" ".join(v) for v in LABEL_SETS.values()] + [" ".join(TITLES)]
     for ex in generate(WorldConfig(), n_examples, seed=12345):
         corpus += [ex.qa.question, reasoning_target(ex.qa)]
@@ -142,6 +157,33 @@ def white_is_zero(model_dir: Path) -> None:
     processor.image_processor.image_mean = [1.0, 1.0, 1.0]
     processor.image_processor.image_std = [0.5, 0.5, 0.5]
     processor.save_pretrained(model_dir)
+
+
+def truncate_model(src: Path, dst: Path, num_layers: int) -> Path:
+    """Copy ``src`` keeping only its first ``num_layers`` language-model layers."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    for extra in ("TRAINING.md", "training_log.json"):
+        (dst / extra).unlink(missing_ok=True)
+    config = AutoConfig.from_pretrained(src)
+    if not 0 < num_layers <= config.text_config.num_hidden_layers:
+        raise ValueError(f"cannot keep {num_layers} of {config.text_config.num_hidden_layers} layers")
+    config.text_config.num_hidden_layers = num_layers
+    full = AutoModelForImageTextToText.from_pretrained(src, dtype=torch.float32)
+    small = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    missing, unexpected = small.load_state_dict(full.state_dict(), strict=False)
+    dropped = [k for k in unexpected if ".layers." not in k]
+    if missing or dropped:
+        raise RuntimeError(f"truncation lost weights: missing={missing} unexpected={dropped}")
+    small.generation_config = full.generation_config
+    small.save_pretrained(dst)
+    return dst
 
 
 def short_rope(model_dir: Path, theta: float = 10_000.0) -> None:
@@ -190,8 +232,14 @@ def seed_position_code(model_dir: Path, seed: int = 0) -> None:
     model.save_pretrained(model_dir)
 
 
-def train_one(spec: ToySpec, out_root: Path, tokenizer, world: WorldConfig, *,
-              eval_n: int, eval_every: int, threads: int, steps: int | None = None) -> dict[str, Any]:
+def train_one(spec: ToySpec, work: Path, tokenizer, world: WorldConfig, *, eval_n: int,
+              eval_every: int, threads: int, steps: int, lr: float, warmup_steps: int,
+              init_from: Path | None = None, start_row: int = 0,
+              skill_weights: dict[str, float] | None = None) -> dict[str, Any]:
+    """One training phase in ``work``: from fresh random weights (``init_from`` None) or
+    from an earlier phase's model, on training-stream rows ``start_row ..``."""
+    import shutil
+
     import torch
 
     from pipeline.tiny_models import build_tiny_qwen3vl
@@ -199,19 +247,24 @@ def train_one(spec: ToySpec, out_root: Path, tokenizer, world: WorldConfig, *,
     from trainer.sft import SFTConfig, SFTTrainer
 
     torch.set_num_threads(threads)
-    steps = steps or spec.steps
-    work = out_root / "_work" / spec.name
-    init = build_tiny_qwen3vl(
-        work / "init", tokenizer, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
-        num_heads=spec.num_heads, head_dim=64, intermediate_size=spec.intermediate_size,
-        vision_depth=spec.vision_depth, vision_hidden=spec.vision_hidden,
-        image_size=-(-max(world.width, world.height) // 32) * 32,  # processor cap >= the image
-        seed=spec.seed)
-    white_is_zero(init)
-    seed_position_code(init)
-    short_rope(init)
-    train_world = WorldConfig(**{**asdict(world), "skill_weights": spec.skill_weights})
-    rows = ChartWorldRows(train_world, steps * spec.batch_size, TRAIN_SEED, spec.target)
+    if init_from is None:
+        init = build_tiny_qwen3vl(
+            work / "init", tokenizer, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
+            num_heads=spec.num_heads, head_dim=64, intermediate_size=spec.intermediate_size,
+            vision_depth=spec.vision_depth, vision_hidden=spec.vision_hidden,
+            image_size=-(-max(world.width, world.height) // 32) * 32,  # processor cap >= image
+            seed=spec.seed)
+        white_is_zero(init)
+        seed_position_code(init)
+        short_rope(init)
+    else:
+        init = work / "init"
+        if init.exists():
+            shutil.rmtree(init)
+        shutil.copytree(init_from, init)
+    weights = skill_weights if skill_weights is not None else spec.skill_weights
+    train_world = WorldConfig(**{**asdict(world), "skill_weights": weights})
+    rows = ChartWorldRows(train_world, steps * spec.batch_size, TRAIN_SEED, spec.target, start_row)
     probe = heldout_rows(world, eval_n, seed=HELDOUT_SEED + 100)  # a quick monitor, not the report
     ecfg = EvalConfig(max_tokens=48 if spec.target == "reasoning" else 12, batch_size=64)
 
@@ -219,16 +272,19 @@ def train_one(spec: ToySpec, out_root: Path, tokenizer, world: WorldConfig, *,
         return evaluate(model_generator(model, processor, ecfg), probe, ecfg).summary()
 
     cfg = SFTConfig(model=str(init), output_dir=str(work / "sft"), steps=steps,
-                    batch_size=spec.batch_size, lr=spec.lr, warmup_steps=spec.warmup_steps,
+                    batch_size=spec.batch_size, lr=lr, warmup_steps=warmup_steps,
                     seed=spec.seed, shuffle=False, log_every=10, save_every=100,
                     eval_every=eval_every, num_threads=threads, progress=False,
-                    weight_decay=0.01)
+                    weight_decay=0.01, keep_checkpoints=1)
     t0 = time.time()
     trainer = SFTTrainer(cfg, rows, eval_fn=eval_fn if eval_every else None)
     final = trainer.train()
     return {"final": str(final), "train_wall_s": round(time.time() - t0, 1),
-            "train_s": round(trainer.state.elapsed_s, 1), "steps": steps,
-            "rows": trainer.state.position, "tokens": trainer.state.tokens,
+            "train_s": round(trainer.state.elapsed_s, 1), "steps": steps, "lr": lr,
+            "warmup_steps": warmup_steps, "batch_size": spec.batch_size,
+            "skill_weights": weights,
+            "rows": [start_row, start_row + trainer.state.position],
+            "tokens": trainer.state.tokens,
             "params": sum(p.numel() for p in trainer.model.parameters()),
             "history": trainer.state.history}
 
@@ -242,38 +298,61 @@ def install(final: Path, dest: Path) -> None:
     shutil.copytree(final, dest)
 
 
-def write_training_md(dest: Path, spec: ToySpec, world: WorldConfig, result: dict[str, Any],
-                      command: str) -> None:
-    last_eval = result["history"][-1]["eval"] if result["history"] else None
-    text = f"""# Chart-world toy {spec.name}
+def write_training_md(dest: Path, spec: ToySpec, world: WorldConfig, phases: list[dict[str, Any]]) -> None:
+    """TRAINING.md (for people) and training_log.json (for a later phase) in ``dest``."""
+    (dest / "training_log.json").write_text(json.dumps(phases, indent=1) + "\n")
+    total_s = sum(ph["train_s"] for ph in phases)
+    lines = [f"# Chart-world toy {spec.name}", "",
+             "Trained by supervised fine-tuning (trainer/sft.py) from random weights "
+             f"(built by pipeline.tiny_models, then `white_is_zero`, `seed_position_code`, "
+             f"`short_rope` in seeds/chartworld/train_toys.py), on the CPU.", "",
+             f"- spec: `{json.dumps(asdict(spec), sort_keys=True)}`",
+             f"- world: `{json.dumps(asdict(world), sort_keys=True)}`",
+             f"- data: the chart-world training stream, seed {TRAIN_SEED} (examples generated on "
+             "the fly by `seeds.chartworld.generate` with the spec's skill_weights), prompt = "
+             f"the bare question, target style `{spec.target}` (seeds.chartworld.generator)",
+             f"- parameters: {phases[-1]['params']:,}",
+             f"- total training time: {total_s:.0f} s of {phases[0].get('threads', 2)} CPU threads "
+             f"({platform.machine()}), evaluation and checkpoints excluded", ""]
+    for i, ph in enumerate(phases, 1):
+        last = ph["history"][-1]["eval"] if ph.get("history") else None
+        lines += [f"## Phase {i}", "",
+                  f"- command: `{ph['command']}`",
+                  f"- steps: {ph['steps']} x batch {ph['batch_size']}, lr {ph['lr']} (warmup "
+                  f"{ph['warmup_steps']}, cosine to 10%), training-stream examples "
+                  f"{ph['rows'][0]}..{ph['rows'][1] - 1}, {ph['tokens']:,} completion tokens",
+                  f"- skill weights: `{json.dumps(ph.get('skill_weights'))}` (null = uniform)",
+                  f"- training time: {ph['train_s']} s ({ph['train_wall_s']} s wall incl. "
+                  "evaluation and checkpoints)",
+                  f"- held-out monitor at the end (200 questions, seed {HELDOUT_SEED + 100}, "
+                  f"greedy): `{json.dumps(last)}`", ""]
+    lines += ["Full held-out evaluation: benchmarks/results/chartworld_models.md", ""]
+    (dest / "TRAINING.md").write_text("\n".join(lines))
 
-Trained by supervised fine-tuning (trainer/sft.py) from random weights on the CPU.
 
-- command: `{command}`
-- spec: `{json.dumps(asdict(spec), sort_keys=True)}`
-- world: `{json.dumps(asdict(world), sort_keys=True)}`
-- data: chart-world training stream, seed {TRAIN_SEED}, examples 0..{result['rows'] - 1}
-  (generated on the fly: `seeds.chartworld.generate(world with the spec's skill_weights,
-  n, seed={TRAIN_SEED})`), targets: `{spec.target}` (seeds.chartworld.generator).
-- parameters: {result['params']:,}
-- steps: {result['steps']} x batch {spec.batch_size}, {result['tokens']:,} completion tokens
-- training time: {result['train_s']} s ({result['train_wall_s']} s wall incl. evaluation
-  and checkpoints) on {platform.machine()} with the threads given on the command line
-- held-out monitor (200-question slice, seed {HELDOUT_SEED + 100}) at the end: `{json.dumps(last_eval)}`
-- full held-out evaluation: benchmarks/results/chartworld_models.md
-"""
-    (dest / "TRAINING.md").write_text(text)
+def _previous_phases(dest: Path, work: Path) -> list[dict[str, Any]]:
+    log = dest / "training_log.json"
+    if log.exists():
+        return json.loads(log.read_text())
+    raise FileNotFoundError(f"--continue: no {log}; train the first phase without --continue")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m seeds.chartworld.train_toys",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="receives teacher/ and student/")
+    p.add_argument("--work", default="runs/toy-models",
+                   help="initial weights, checkpoints, metrics (not committed)")
     p.add_argument("--only", choices=sorted(SPECS), default=None)
-    p.add_argument("--steps", type=int, default=None, help="override the spec's steps (probes)")
+    p.add_argument("--steps", type=int, default=None, help="override the spec's steps")
+    p.add_argument("--lr", type=float, default=None, help="override the spec's peak lr")
+    p.add_argument("--skill-weights", default=None,
+                   help='JSON skill -> weight for this phase (default: the spec\'s)')
+    p.add_argument("--continue", dest="cont", action="store_true",
+                   help="another phase from the model already in --out, on the next examples")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-n", type=int, default=200)
-    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--eval-every", type=int, default=500)
     a = p.parse_args(argv)
     from pipeline.tiny_models import build_tokenizer
 
@@ -284,11 +363,29 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m seeds.chartworld.train_toys " + shlex.join(sys.argv[1:] if argv is None else argv)
     for name in [a.only] if a.only else ["teacher", "student"]:
         spec = SPECS[name]
-        result = train_one(spec, out, tokenizer, world, eval_n=a.eval_n,
-                           eval_every=a.eval_every, threads=a.threads, steps=a.steps)
-        install(Path(result["final"]), out / name)
-        write_training_md(out / name, spec, world, result, command)
-        (out / "_work" / name / "result.json").write_text(json.dumps(result, indent=2))
+        dest = out / name
+        phases = _previous_phases(dest, Path(a.work) / name) if a.cont else []
+        work = Path(a.work) / (name if not phases else f"{name}-phase{len(phases) + 1}")
+        start = phases[-1]["rows"][1] if phases else 0
+        init_from = dest if phases else None
+        if init_from is None and spec.truncate_teacher:
+            if not (out / "teacher" / "model.safetensors").exists():
+                raise FileNotFoundError(f"the {name} starts from {out / 'teacher'}: train it first")
+            init_from = truncate_model(out / "teacher", work / "truncated", spec.truncate_teacher)
+        result = train_one(
+            spec, work, tokenizer, world, eval_n=a.eval_n, eval_every=a.eval_every,
+            threads=a.threads, steps=a.steps or spec.steps, lr=a.lr or spec.lr,
+            warmup_steps=spec.warmup_steps, init_from=init_from, start_row=start,
+            skill_weights=json.loads(a.skill_weights) if a.skill_weights else None)
+        result.update(command=command, threads=a.threads)
+        if init_from is not None:
+            from transformers import AutoTokenizer
+
+            if AutoTokenizer.from_pretrained(init_from).get_vocab() != tokenizer.get_vocab():
+                raise RuntimeError(f"{init_from}: tokenizer differs from the one built now")
+        install(Path(result["final"]), dest)
+        write_training_md(dest, spec, world, phases + [result])
+        (work / "result.json").write_text(json.dumps(result, indent=2))
         print(json.dumps({k: v for k, v in result.items() if k != "history"}), flush=True)
 
 
