@@ -24,7 +24,7 @@ from trainer.opd import (
     plain_sampling,
 )
 
-WORLD = WorldConfig(kinds=["bar", "table"], width=64, height=64, max_items=3, font_size=10)
+WORLD = WorldConfig(kinds=["bar", "table"], width=96, height=96, max_items=3, font_size=10)
 N_GOOD = 6
 
 

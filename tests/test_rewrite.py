@@ -106,7 +106,7 @@ def test_programmatic_variants_are_seeded_and_respect_the_strategy_list():
 
 
 def test_programmatic_rewriter_stays_inside_a_different_world():
-    world = WorldConfig(kinds=["table"], min_items=4, max_items=7, max_value=20, label_set="days")
+    world = WorldConfig(kinds=["table"], min_items=4, max_items=7, max_value=20, label_set="days", width=224)
     for v in rewrite_variants("multihop", 6, world, random.Random(1)):
         assert v.chart.kind == "table" and 4 <= len(v.chart.values) <= 7
         assert max(v.chart.values) <= 20 and set(v.chart.labels) <= {

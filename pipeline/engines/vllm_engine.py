@@ -76,6 +76,10 @@ class VLLMEngine(Engine):
         }
         if not on_cpu:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        else:
+            # vLLM's CPU worker crashes ("CPU Generator does not use offset") when a request
+            # with a per-request seed has its prefill split across steps: whole prefills only.
+            kwargs["enable_chunked_prefill"] = False
         if cfg.max_model_len is not None:
             kwargs["max_model_len"] = cfg.max_model_len
         if cfg.max_num_seqs is not None:
