@@ -64,7 +64,15 @@ from trainer.losses import (
     chunked_token_logprobs,
     sampled_reverse_kl,
 )
-from trainer.sft import DataOrder, autocast_dtype, latest_checkpoint, lr_at, resolve_device
+from trainer.sft import (
+    DataOrder,
+    _rng_state,
+    _set_rng_state,
+    autocast_dtype,
+    latest_checkpoint,
+    lr_at,
+    resolve_device,
+)
 from trainer.visual_advantage import degrade, va_opd_loss, va_summary, visual_advantage
 
 STATE_FILE = "trainer_state.pt"
@@ -230,21 +238,6 @@ class PromptRollouts:
     completions: list[list[int]]  # K token lists, each ending at (and including) EOS if sampled
     truncated: int = 0  # rollouts that hit max_new_tokens
     degraded_enc: dict[str, Any] | None = None  # teacher encoding of the degraded image (va_opd)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @dataclass
