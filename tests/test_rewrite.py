@@ -38,8 +38,16 @@ WORLD = WorldConfig()
 # duplicates the test plants are duplicates) and how the stand-in teacher answers them.
 ADD_Q = "Add the highest and the lowest value: what do you get?"
 SUB_Q = "Subtract the lowest value from the highest value: what is left?"
-ADD = lambda c: max(c.values) + min(c.values)
-SUB = lambda c: max(c.values) - min(c.values)
+
+
+def ADD(c: Chart) -> int:
+    return max(c.values) + min(c.values)
+
+
+def SUB(c: Chart) -> int:
+    return max(c.values) - min(c.values)
+
+
 CUSTOM = {ADD_Q: ADD, SUB_Q: SUB}
 
 
@@ -69,7 +77,8 @@ def test_programmatic_variants_target_the_skill_with_exact_answers(skill):
         for v in variants:
             assert v.qa.skill == skill
             assert recompute_answer(v.chart, v.qa) == v.qa.answer  # answer re-derived from data
-            assert skill in (STRATEGIES[v.strategy][1] or SKILLS)
+            assert skill in (STRATEGIES[v.strategy].skills or SKILLS)
+            assert v.qa.family not in STRATEGIES[v.strategy].avoid_families
             vals = v.chart.values
             assert WORLD.min_items <= len(vals) <= WORLD.max_items
             assert all(WORLD.min_value <= x <= WORLD.max_value for x in vals)
@@ -106,7 +115,9 @@ def test_programmatic_variants_are_seeded_and_respect_the_strategy_list():
 
 
 def test_programmatic_rewriter_stays_inside_a_different_world():
-    world = WorldConfig(kinds=["table"], min_items=4, max_items=7, max_value=20, label_set="days", width=224)
+    world = WorldConfig(
+        kinds=["table"], min_items=4, max_items=7, max_value=20, label_set="days", width=224
+    )
     for v in rewrite_variants("multihop", 6, world, random.Random(1)):
         assert v.chart.kind == "table" and 4 <= len(v.chart.values) <= 7
         assert max(v.chart.values) <= 20 and set(v.chart.labels) <= {

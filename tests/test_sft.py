@@ -198,3 +198,25 @@ def test_export_in_bfloat16_loads_back(tiny_model, tmp_path):
     final = SFTTrainer(cfg, rows(2)).train()
     model = AutoModelForImageTextToText.from_pretrained(final)
     assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_frozen_prefixes_stay_fixed_and_the_rest_trains(tiny_model, tmp_path):
+    cfg = SFTConfig(model=tiny_model, output_dir=str(tmp_path), steps=2, batch_size=2, lr=1e-2,
+                    progress=False, num_threads=1, freeze=["model.visual."])
+    trainer = SFTTrainer(cfg, rows(4))
+    before = _params(trainer.model)
+    trainer.train_step()
+    trainer.train_step()
+    after = _params(trainer.model)
+    visual = [k for k in before if k.startswith("model.visual.")]
+    assert visual
+    for k in visual:
+        torch.testing.assert_close(after[k], before[k], atol=0, rtol=0, msg=k)
+    assert any(not torch.equal(after[k], before[k]) for k in before if k not in visual)
+
+
+def test_freeze_prefix_matching_nothing_is_an_error(tiny_model, tmp_path):
+    cfg = SFTConfig(model=tiny_model, output_dir=str(tmp_path), steps=1, batch_size=2,
+                    progress=False, num_threads=1, freeze=["model.vision_tower."])
+    with pytest.raises(ValueError, match="no parameter name starts with"):
+        SFTTrainer(cfg, rows(2))

@@ -70,6 +70,7 @@ class SFTConfig:
     eval_every: int = 0  # calls eval_fn every this many steps (0: never)
     resume: bool = True  # continue from the latest checkpoint in output_dir, if any
     final_dtype: Literal["float32", "bfloat16"] = "float32"  # of the exported final model
+    freeze: list[str] = field(default_factory=list)  # parameter-name prefixes kept fixed
     progress: bool = True  # tqdm bar
 
 
@@ -226,8 +227,14 @@ class SFTTrainer:
         self.model.to(self.device).train()
         self.collator = SFTCollator(self.processor, cfg.max_length)
         self.order = DataOrder(len(rows), cfg.shuffle, cfg.seed)
+        frozen = [n for n, p in self.model.named_parameters()
+                  if any(n.startswith(prefix) for prefix in cfg.freeze)]
+        if cfg.freeze and not frozen:
+            raise ValueError(f"freeze {cfg.freeze}: no parameter name starts with these")
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
+            if name in frozen:
+                p.requires_grad_(False)
             if p.requires_grad:
                 (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
         self.optimizer = torch.optim.AdamW(
@@ -410,7 +417,9 @@ def main(argv: list[str] | None = None) -> None:
         flag = "--" + f.name.replace("_", "-")
         if f.name == "output_dir":
             flag = "--out"
-        if isinstance(f.default, bool):
+        if f.name == "freeze":
+            p.add_argument(flag, dest=f.name, nargs="*", default=[])
+        elif isinstance(f.default, bool):
             p.add_argument(flag, dest=f.name, type=lambda s: s.lower() in ("1", "true", "yes"),
                            default=f.default)
         else:

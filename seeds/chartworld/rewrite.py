@@ -23,7 +23,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from seeds.chartworld.questions import QA, ask
+from seeds.chartworld.questions import FAMILIES, QA
 from seeds.chartworld.render import render_png
 from seeds.chartworld.spec import LABEL_SETS, TITLES, Chart, WorldConfig
 
@@ -86,16 +86,27 @@ def _harder_arithmetic(world: WorldConfig, parent: Chart | None, rng: random.Ran
 
 ChartSampler = Callable[[WorldConfig, Chart | None, random.Random], Chart]
 
-# strategy -> (chart sampler or None for "the parent's chart", skills it applies to or None
-# for every skill). Order matters only as the default cycling order.
-STRATEGIES: dict[str, tuple[ChartSampler | None, tuple[str, ...] | None]] = {
-    "same_chart": (None, None),
-    "more_items": (_more_items, None),
-    "closer_values": (
+
+@dataclass(frozen=True)
+class Strategy:
+    sampler: ChartSampler | None  # None: the parent's own chart (and image)
+    skills: tuple[str, ...] | None = None  # skills it can make harder; None: every skill
+    # Question families it must not ask: those whose answer the strategy itself fixes
+    # (more_items always draws max_items items, so "how many bars?" would be a constant).
+    avoid_families: tuple[str, ...] = ()
+
+
+# Order matters only as the default cycling order.
+STRATEGIES: dict[str, Strategy] = {
+    "same_chart": Strategy(None),
+    "more_items": Strategy(_more_items, avoid_families=("count_items",)),
+    "closer_values": Strategy(
         _closer_values,
         ("retrieval", "extremum", "comparison", "counting", "arithmetic", "multihop"),
     ),
-    "harder_arithmetic": (_harder_arithmetic, ("arithmetic", "multihop")),
+    "harder_arithmetic": Strategy(
+        _harder_arithmetic, ("arithmetic", "multihop"), avoid_families=("count_items",)
+    ),
 }
 
 
@@ -105,7 +116,18 @@ def strategies_for(skill: str, allowed: list[str] | None = None) -> list[str]:
     if unknown:
         raise ValueError(f"unknown programmatic strategies {unknown}; known: {sorted(STRATEGIES)}")
     names = [s for s in STRATEGIES if not allowed or s in allowed]
-    return [s for s in names if STRATEGIES[s][1] is None or skill in STRATEGIES[s][1]]
+    return [s for s in names if STRATEGIES[s].skills is None or skill in STRATEGIES[s].skills]
+
+
+def _ask(chart: Chart, skill: str, rng: random.Random, avoid: tuple[str, ...]) -> QA | None:
+    """questions.ask without the families in ``avoid``."""
+    families = [f for f in FAMILIES[skill] if f.__name__ not in avoid]
+    rng.shuffle(families)
+    for fam in families:
+        qa = fam(chart, rng)
+        if qa is not None:
+            return qa
+    return None
 
 
 def make_variant(
@@ -120,12 +142,13 @@ def make_variant(
 ) -> Variant | None:
     """One variant of ``strategy`` asking a ``skill`` question, or None if none was found
     in ``MAX_TRIES`` draws (e.g. same_chart on a chart with one possible question)."""
-    sampler, _ = STRATEGIES[strategy]
+    strat = STRATEGIES[strategy]
+    sampler = strat.sampler
     if sampler is None and (parent is None or parent_image is None):
         return None  # same_chart needs the parent's data and pixels
     for _ in range(MAX_TRIES):
         chart = parent if sampler is None else sampler(world, parent, rng)
-        qa = ask(chart, skill, rng)
+        qa = _ask(chart, skill, rng, strat.avoid_families)
         if qa is None or qa.question in avoid_questions:
             continue
         if sampler is None:
