@@ -11,9 +11,11 @@ adaptive policy (pipeline/delta.py), and write into ``out_dir``:
 * ``delta_hist.png``: a histogram of Δ with the threshold marked.
 
 Sampling is batched: one engine call per model per round and per distinct sample count
-(engines take one ``n`` per call). Each call gets its own seed derived from the run seed,
-the round, the count and the model, so the second round never replays the first round's
-draws (engines derive per-request seeds from the call's seed and the request's position).
+(engines take one ``n`` per call); rounds go on until every prompt has stopped (either
+rule of pipeline/delta.py) or holds ``n``. Each call gets its own seed derived from the
+run seed, the round, the count and the model, so a later round never replays an earlier
+round's draws (engines derive per-request seeds from the call's seed and the request's
+position).
 
 A request the engine rejects (corrupt image, prompt over the context) fails alone: the
 prompt is reported with its error, counted in the summary, and left out of the fractions.
@@ -41,7 +43,7 @@ from pipeline.delta import (
     delta_report,
     first_round_draws,
     further_draws,
-    settled,
+    stop_reason,
 )
 from pipeline.engines.base import Engine, EngineConfig, Request, user_message
 from pipeline.schema import prompt_id
@@ -59,6 +61,7 @@ AUDIT_FIELDS = [
     pa.field("ci_high", pa.float64()),
     pa.field("zero_delta", pa.bool_()),
     pa.field("stopped_early", pa.bool_()),
+    pa.field("stop_reason", pa.string()),  # "unanimous", "decided"; null: drew n (or failed)
     pa.field("teacher_majority", pa.string()),
     pa.field("teacher_agreement", pa.float64()),
     pa.field("student_majority", pa.string()),
@@ -225,12 +228,19 @@ def sample_adaptive(
     student_truncated: Sequence[int] | None = None,
     student_texts: Sequence[Sequence[str]] | None = None,
 ) -> dict[str, list]:
-    """Both models' answers per request under the adaptive policy, in two batched rounds.
+    """Both models' answers per request under the adaptive policy, in batched rounds.
+
+    Round 1 draws :func:`~pipeline.delta.first_round_draws` for every request; each later
+    round draws :func:`~pipeline.delta.further_draws` for the requests still open (not
+    stopped by either rule, not failed, short of ``n``), until none is. Each round is one
+    :func:`draw_answers` per model (one engine call per distinct count).
 
     ``student_answers`` (one list per request, e.g. from the ``mine`` stage) are kept and
     topped up only if short of what the policy needs; ``student`` may then be None.
     ``errors`` marks requests that already failed (not sampled again);
     ``student_truncated`` counts the given student answers that hit the token limit.
+    The result's ``stop_reason`` holds, per request, the rule that stopped it short of
+    ``n`` ("unanimous", "decided") or None.
     """
     n = len(requests)
     t_ans: list[list[Answer]] = [[] for _ in range(n)]
@@ -244,15 +254,11 @@ def sample_adaptive(
     t_cut, s_cut = [0] * n, list(student_truncated) if student_truncated is not None else [0] * n
     errors: list[str | None] = list(errors) if errors is not None else [None] * n
     drawn = {"teacher": 0, "student": 0}
+    reasons: list[str | None] = [None] * n
 
-    for round_ in (1, 2):
-        if round_ == 1:
-            plan = [first_round_draws(len(t_ans[i]), len(s_ans[i]), cfg) for i in range(n)]
-        else:
-            plan = [
-                (0, 0) if errors[i] else further_draws(t_ans[i], s_ans[i], cfg, choices[i])
-                for i in range(n)
-            ]
+    plan = [first_round_draws(len(t_ans[i]), len(s_ans[i]), cfg) for i in range(n)]
+    round_ = 1
+    while True:
         for model, engine, store, txt, cuts, col in (
             ("teacher", teacher, t_ans, t_txt, t_cut, 0),
             ("student", student, s_ans, s_txt, s_cut, 1),
@@ -272,6 +278,17 @@ def sample_adaptive(
                 txt[i].extend(got.texts[i])
                 cuts[i] += got.truncated[i]
                 drawn[model] += len(got.answers[i])
+        # Only a request that was just sampled can change its verdict; the others have
+        # stopped, failed or been full since an earlier round.
+        open_ = [i for i in range(n) if (round_ == 1 or any(plan[i])) and not errors[i]]
+        plan = [(0, 0)] * n
+        for i in open_:
+            reasons[i] = stop_reason(t_ans[i], s_ans[i], cfg, choices[i])
+            if reasons[i] is None:
+                plan[i] = further_draws(t_ans[i], s_ans[i], cfg, choices[i])
+        if not any(any(p) for p in plan):
+            break
+        round_ += 1
     return {
         "teacher": t_ans,
         "student": s_ans,
@@ -281,6 +298,7 @@ def sample_adaptive(
         "student_truncated": s_cut,
         "errors": errors,
         "drawn": drawn,
+        "stop_reason": reasons,
     }
 
 
@@ -335,11 +353,7 @@ def audit_prompts(
         }
         if row["error"] is None and t and s:
             rep = delta_report(t, s, cfg, choices[i])
-            stopped = (
-                cfg.adaptive
-                and settled(t, s, cfg.k, choices[i])
-                and (len(t) < cfg.n or len(s) < cfg.n)
-            )
+            reason = sampled["stop_reason"][i]
             row.update(
                 {
                     k: rep[k]
@@ -355,7 +369,8 @@ def audit_prompts(
                     )
                 }
             )
-            row["stopped_early"] = bool(stopped)
+            row["stopped_early"] = reason is not None
+            row["stop_reason"] = reason
             if golds[i]:
                 row["teacher_correct"] = _majority_correct(
                     rep["teacher_majority"], golds[i], match_mode, choices[i]

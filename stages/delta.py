@@ -18,12 +18,13 @@ from pipeline.stage import ShardOutput, Stage
 from stages.common import add_columns, engine_resources, keep_rows
 
 COLUMNS = {
-    "teacher_samples": "the teacher's raw outputs (adaptive: k, or N when not settled early)",
+    "teacher_samples": "the teacher's raw outputs (adaptive: as many as the policy drew, up to N)",
     "teacher_answers": "final answers extracted from teacher_samples",
     "delta": "answer divergence Δ (delta.metric, base 2) between the two answer distributions",
     "delta_low": "lower end of Δ's bootstrap interval (delta.ci_level)",
     "delta_high": "upper end of Δ's bootstrap interval",
     "zero_delta": "Δ < delta.threshold",
+    "stop_reason": "why sampling stopped short of N: unanimous, decided (exact), or null",
     "teacher_majority": "the teacher's most frequent normalised answer",
     "teacher_agreement": "share of teacher answers in its majority class",
     "student_majority": "the student's most frequent normalised answer",
@@ -116,6 +117,7 @@ class DeltaStage(Stage):
             "delta_low": (pa.float64(), rep("ci_low")),
             "delta_high": (pa.float64(), rep("ci_high")),
             "zero_delta": (pa.bool_(), rep("zero_delta")),
+            "stop_reason": (pa.string(), rows("stop_reason")),
             "teacher_majority": (pa.string(), rep("teacher_majority")),
             "teacher_agreement": (pa.float64(), rep("teacher_agreement")),
             "student_majority": (pa.string(), rep("student_majority")),

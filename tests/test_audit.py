@@ -192,7 +192,8 @@ def test_audit_batches_two_rounds_and_stops_early_on_unanimity(tmp_path: Path) -
         [["<think>bar</think>Answer: 45"], ["Answer: 12"], ["Answer: Paris"]],
         [["The answer is 45%."], ["Answer: 12", "Answer: 13"], ["Answer: Rome"]],
     )
-    cfg = DeltaConfig(n=8, k=2, bootstrap=50)
+    # unanimous_k=k and step >= n-k: the two-round schedule (the defaults now differ).
+    cfg = DeltaConfig(n=8, k=2, unanimous_k=2, step=6, bootstrap=50)
     summary = audit_prompts(table, teacher, student, cfg, tmp_path)
 
     # Round 1: one call per model with k samples for everyone; round 2: n-k for the open two.
@@ -206,6 +207,9 @@ def test_audit_batches_two_rounds_and_stops_early_on_unanimity(tmp_path: Path) -
     assert per.schema.equals(AUDIT_SCHEMA)
     rows = per.to_pylist()
     assert rows[0]["stopped_early"] and rows[0]["zero_delta"] and rows[0]["n_teacher"] == 2
+    assert rows[0]["stop_reason"] == "unanimous"
+    assert [r["stop_reason"] for r in rows[1:]] == [None, None]  # 2 v 2 can still meet
+    assert not rows[1]["stopped_early"] and not rows[2]["stopped_early"]
     assert (
         rows[0]["teacher_majority"] == "45"
         and rows[0]["teacher_correct"]
@@ -246,16 +250,22 @@ def test_audit_batches_two_rounds_and_stops_early_on_unanimity(tmp_path: Path) -
 def test_reused_student_answers_are_not_redrawn(tmp_path: Path) -> None:
     table = _table([{}, {}])
     teacher, _ = _scripted_pair(table, [["Answer: 7"], ["Answer: 7", "Answer: 8"]], [[], []])
-    cfg = DeltaConfig(n=4, k=2, bootstrap=0)
+    cfg = DeltaConfig(n=4, k=2, unanimous_k=2, bootstrap=0)
     summary = audit_prompts(
         table, teacher, None, cfg, tmp_path, student_answers=[["7"] * 4, ["7"] * 4]
     )
     ids = table.column("id").to_pylist()
-    assert [(c["ids"], c["n"]) for c in teacher.calls] == [(ids, 2), (ids[1:], 2)]
+    # Changed with the fixed-decision stop: the second prompt's teacher answers 7, 8
+    # against the student's four 7s are non-zero-delta whatever the teacher's last two
+    # draws are (closest: 7 8 7 7 vs 7 7 7 7, JSD 0.138), so it stops after round 1 too.
+    assert [(c["ids"], c["n"]) for c in teacher.calls] == [(ids, 2)]
     assert summary["samples"]["student_drawn"] == 0 and summary["samples"]["student_reused"] == 8
     rows = pq.read_table(tmp_path / "audit.parquet").to_pylist()
     assert rows[0]["stopped_early"] and rows[0]["zero_delta"]
-    assert not rows[1]["zero_delta"] and rows[1]["n_teacher"] == 4
+    assert rows[0]["stop_reason"] == "unanimous"
+    assert not rows[1]["zero_delta"] and rows[1]["n_teacher"] == 2
+    assert rows[1]["stopped_early"] and rows[1]["stop_reason"] == "decided"
+    assert summary["samples"]["stopped_early"] == 2
 
 
 def test_missing_student_engine_is_a_clear_error(tmp_path: Path) -> None:
@@ -270,7 +280,8 @@ def test_a_failing_request_is_counted_not_fatal(tmp_path: Path) -> None:
     teacher, student = _scripted_pair(
         table, [["Answer: 1"], "ERROR"], [["Answer: 1"], ["Answer: 1"]]
     )
-    summary = audit_prompts(table, teacher, student, DeltaConfig(n=4, k=2, bootstrap=0), tmp_path)
+    cfg = DeltaConfig(n=4, k=2, unanimous_k=2, bootstrap=0)  # unanimity at 2, as before
+    summary = audit_prompts(table, teacher, student, cfg, tmp_path)
     assert summary["n_prompts"] == 2 and summary["n_scored"] == 1 and summary["n_errors"] == 1
     assert "not decodable" in summary["errors"][0]["error"]
     assert "docvqa" not in summary["by_source"]  # fractions count scored prompts only
@@ -278,6 +289,7 @@ def test_a_failing_request_is_counted_not_fatal(tmp_path: Path) -> None:
     assert len(student.calls) == 1
     rows = pq.read_table(tmp_path / "audit.parquet").to_pylist()
     assert rows[1]["delta"] is None and rows[1]["error"].startswith("teacher:")
+    assert rows[1]["stopped_early"] is None and rows[1]["stop_reason"] is None
 
 
 def test_truncated_reasoning_counts_as_no_answer(tmp_path: Path) -> None:
@@ -285,7 +297,8 @@ def test_truncated_reasoning_counts_as_no_answer(tmp_path: Path) -> None:
     teacher, student = _scripted_pair(
         table, [["CUT:<think>Let me compare the bars one by one"]], [["CUT:<think>The first bar"]]
     )
-    summary = audit_prompts(table, teacher, student, DeltaConfig(n=4, k=2, bootstrap=0), tmp_path)
+    cfg = DeltaConfig(n=4, k=2, unanimous_k=2, bootstrap=0)  # unanimity at 2, as before
+    summary = audit_prompts(table, teacher, student, cfg, tmp_path)
     row = pq.read_table(tmp_path / "audit.parquet").to_pylist()[0]
     assert row["teacher_answers"] == [None, None] and row["teacher_majority"] == NO_ANSWER
     assert row["teacher_truncated"] == 2 and row["student_truncated"] == 2
@@ -300,6 +313,46 @@ def test_multiple_choice_answers_use_the_row_choices(tmp_path: Path) -> None:
     row = pq.read_table(tmp_path / "audit.parquet").to_pylist()[0]
     assert row["teacher_majority"] == row["student_majority"] == "B"
     assert row["zero_delta"] and row["teacher_correct"] and row["student_correct"]
+
+
+def test_audit_runs_more_rounds_with_exact_bookkeeping(tmp_path: Path) -> None:
+    # Default schedule (k=1, unanimous_k=5, step=2): agreeing prompts are brought to 5 in
+    # round 2, open ones take 2 more per round, each round one call per distinct count.
+    table = _table([{}, {}, {}, {}])
+    teacher, student = _scripted_pair(
+        table,
+        [["Answer: 7"], ["Answer: A"], ["CUT:Answer: 3", "Answer: 3"], ["Answer: 1"]],
+        [["Answer: 7"], ["Answer: B"], ["Answer: 3", "Answer: 4"], "ERROR"],
+    )
+    cfg = DeltaConfig(bootstrap=0)
+    assert (cfg.k, cfg.unanimous_k, cfg.step, cfg.n) == (1, 5, 2, 8)
+    summary = audit_prompts(table, teacher, student, cfg, tmp_path)
+    ids = table.column("id").to_pylist()
+    # Round 1: 1 each. Round 2: prompts 0 (7 v 7) and 2 (3 v 3) are still one class: to 5;
+    # prompt 1 (A v B) is open: +2. Round 3: prompt 2's student has drawn 4s: +2 for it
+    # and prompt 1. Round 4: prompt 1 alone. Prompt 3 failed on the student side in round
+    # 1 and is never sampled again.
+    expected = [(ids, 1), ([ids[1]], 2), ([ids[0], ids[2]], 4), ([ids[1], ids[2]], 2), ([ids[1]], 2)]
+    assert [(c["ids"], c["n"]) for c in teacher.calls] == expected
+    assert [(c["ids"], c["n"]) for c in student.calls] == expected
+    assert len({c["seed"] for c in teacher.calls}) == len(teacher.calls)  # no replays
+    rows = pq.read_table(tmp_path / "audit.parquet").to_pylist()
+    assert rows[0]["stop_reason"] == "unanimous" and rows[0]["n_teacher"] == 5
+    assert rows[0]["zero_delta"] and rows[0]["stopped_early"]
+    # A v B: 1 v 1, 3 v 3, 5 v 5 could still meet; 7 v 7 cannot (7A1B vs 1A7B).
+    assert rows[1]["stop_reason"] == "decided" and rows[1]["n_teacher"] == rows[1]["n_student"] == 7
+    assert rows[1]["stopped_early"] and not rows[1]["zero_delta"]
+    # Seven 3s against 3 4 3 4 3 4 3: non-zero-delta whatever the last draws are.
+    r2 = rows[2]
+    assert r2["stop_reason"] == "decided" and not r2["zero_delta"]
+    assert r2["teacher_answers"] == ["3"] * 7 and r2["student_answers"] == ["3", "4"] * 3 + ["3"]
+    assert r2["teacher_truncated"] == 4  # the scripted teacher alternates cut / not cut
+    assert rows[3]["error"].startswith("student:") and rows[3]["n_teacher"] == 1
+    assert rows[3]["stopped_early"] is None and rows[3]["stop_reason"] is None
+    samples = summary["samples"]
+    assert samples["teacher_drawn"] == sum(r["n_teacher"] for r in rows)
+    assert samples["student_drawn"] == sum(r["n_student"] for r in rows)
+    assert samples["stopped_early"] == 3 and samples["teacher_truncated"] == 4
 
 
 # ------------------------------------------------------------------------ dataset loading
@@ -381,7 +434,9 @@ def test_run_audit_end_to_end_on_tiny_models_with_vllm(tiny_models, tmp_path: Pa
     scored = rows[:5]
     for r in scored:
         assert r["n_student"] == 4  # the student drew its full n first
-        assert r["n_teacher"] == (2 if r["stopped_early"] else 4)
+        # k=2, then unanimity (clamped to n=4) or a fixed decision, or the full n.
+        assert r["stopped_early"] == (r["n_teacher"] < 4) == (r["stop_reason"] is not None)
+        assert r["n_teacher"] >= 2
         assert 0.0 <= r["delta"] <= 1.0 and r["ci_low"] <= r["ci_high"]
     zero = sum(r["zero_delta"] for r in scored)
     assert summary["zero_delta_count"] == zero
