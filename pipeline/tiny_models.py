@@ -198,6 +198,7 @@ def build_tiny_qwen3vl(
     seed: int = 0,
     num_kv_heads: int | None = None,
     max_position_embeddings: int = 4096,
+    suppress_placeholders: bool = True,
 ) -> Path:
     """Build a random-weight Qwen3-VL in ``out_dir`` (model + processor + tokenizer).
 
@@ -205,6 +206,8 @@ def build_tiny_qwen3vl(
     ``image_size`` caps the processor (max_pixels = image_size**2) and sizes the vision
     tower's learned position grid. The text side uses GQA (``num_kv_heads`` defaults to
     half the heads) and interleaved M-RoPE as the real Qwen3-VL does. Saved in float32.
+    ``suppress_placeholders`` keeps random weights from sampling vision placeholders (see
+    :func:`_suppress_tokens`); a model that is going to be trained should not have it.
     """
     import torch
     from transformers import (
@@ -273,7 +276,8 @@ def build_tiny_qwen3vl(
     )
     torch.manual_seed(seed)
     model = Qwen3VLForConditionalGeneration(config).to(torch.float32).eval()
-    _suppress_tokens(model, [ids[t] for t in NEVER_GENERATED])
+    if suppress_placeholders:
+        _suppress_tokens(model, [ids[t] for t in NEVER_GENERATED])
     model.generation_config = GenerationConfig(
         eos_token_id=[ids[IM_END], ids[ENDOFTEXT]],
         pad_token_id=ids[ENDOFTEXT],

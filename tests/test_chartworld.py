@@ -206,3 +206,40 @@ def test_truncated_teacher_keeps_the_first_layers(tmp_path):
         torch.testing.assert_close(v, full[k], atol=0, rtol=0, msg=k)
     with pytest.raises(ValueError):
         truncate_model(src, tmp_path / "x", 4)
+
+
+@pytest.mark.slow
+def test_glyph_filters_respond_one_hot_to_rendered_glyphs(tmp_path):
+    """The patch-embedding filters answer each glyph of a real chart with its own channel."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from pipeline.tiny_models import build_tiny_qwen3vl, build_tokenizer
+    from seeds.chartworld.render import PATCH, TOKEN
+    from seeds.chartworld.train_toys import GLYPHS, glyph_patch_embed, white_is_zero
+
+    torch.set_num_threads(1)
+    world = WorldConfig(kinds=["table"], min_items=3, max_items=3)
+    model_dir = build_tiny_qwen3vl(tmp_path / "m", build_tokenizer(), hidden_size=64,
+                                   num_layers=1, num_heads=1, num_kv_heads=1,
+                                   intermediate_size=128, vision_hidden=64, vision_depth=1,
+                                   image_size=160)
+    white_is_zero(model_dir)
+    assert glyph_patch_embed(model_dir, world) < 1e-3
+    model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    ex = make_example(world, seed=0, index=0)
+    img = Image.open(io.BytesIO(ex.image)).convert("RGB")
+    proj = model.model.visual.patch_embed.proj
+    for k, (label, value) in enumerate(zip(ex.chart.labels, ex.chart.values)):
+        for glyph, dx in ((label, 0), (str(value), PATCH)):  # the item's two top patches
+            x0, y0 = k * TOKEN + dx, 1 * TOKEN  # tables: items in token row 1
+            crop = Image.new("RGB", (4 * PATCH, 4 * PATCH), (255, 255, 255))
+            crop.paste(img.crop((x0, y0, x0 + PATCH, y0 + PATCH)), (0, 0))
+            pixels = processor.image_processor(images=[crop], return_tensors="pt")["pixel_values"]
+            patch = pixels[pixels.abs().sum(1).argmax()]
+            with torch.no_grad():
+                resp = torch.nn.functional.linear(patch, proj.weight.flatten(1), proj.bias)
+            resp = resp[: len(GLYPHS)].numpy()
+            assert int(np.argmax(resp)) == GLYPHS.index(glyph), (glyph, k)

@@ -88,8 +88,7 @@ def test_fixed_seed_repeats(vllm_engine):
     kw = {"n": 3, "temperature": 1.0, "max_tokens": 6}
     first = vllm_engine.sample(requests, seed=11, **kw)
     again = vllm_engine.sample(requests, seed=11, **kw)
-    ids = lambda rs: [[c.token_ids for c in r.completions] for r in rs]
-    assert ids(first) == ids(again)
+    assert _token_ids(first) == _token_ids(again)
 
 
 def test_bad_requests_fail_alone(vllm_engine):
@@ -119,3 +118,7 @@ def test_generation_capped_by_context(vllm_engine):
     completion = result.completions[0]
     assert len(completion.token_ids) == MAX_MODEL_LEN - result.prompt_tokens
     assert completion.finish_reason == "length"
+
+
+def _token_ids(results):
+    return [[c.token_ids for c in r.completions] for r in results]

@@ -110,3 +110,18 @@ def test_vision_tokens_are_suppressed(tiny_models):
     allowed = [i for i in range(logits.shape[-1]) if i not in suppressed]
     gap = logits[:, allowed].max(-1).values - logits[:, suppressed].max(-1).values
     assert bool((gap > 15).all()), gap
+
+
+def test_placeholder_suppression_can_be_left_out(tmp_path):
+    """A model built to be trained keeps plain random embeddings (no constant channel)."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    tok = tm.build_tokenizer()
+    path = tm.build_tiny_qwen3vl(tmp_path / "m", tok, hidden_size=64, num_layers=1, num_heads=1,
+                                 num_kv_heads=1, intermediate_size=128, vision_hidden=32,
+                                 vision_depth=1, image_size=64, suppress_placeholders=False)
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    emb = model.model.language_model.embed_tokens.weight
+    assert not torch.allclose(emb[:, 0], torch.ones_like(emb[:, 0]))
+    assert not model.lm_head.weight[:, 0].abs().max() > 1.0
