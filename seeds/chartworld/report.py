@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(a.threads)
     rows = heldout_rows(WorldConfig(), a.n, seed=a.seed)
     reports, times = {}, {}
-    for name, max_tokens in (("teacher", 64), ("student", 16)):
+    for name, max_tokens in (("teacher", 64), ("student", 64)):  # both write a <think> first
         cfg = EvalConfig(max_tokens=max_tokens, batch_size=64,
                          instruction=INSTRUCTIONS[a.instruction] or None)
         reports[name], times[name] = evaluate_dir(Path(a.models) / name, rows, cfg, a.engine)
