@@ -335,7 +335,8 @@ def normalize_answer(ans: str, choices: Sequence[str] | None = None) -> str:
     free = _normalize_free(s)
     # A lone in-range letter left after stripping ("B#" -> "b") is that option, so that
     # normalising a normal form again gives the same class.
-    if choices and len(free) == 1 and free.isalpha() and ord(free.upper()) - 65 < len(choices):
+    # (ASCII only: 'ß'.upper() is 'SS', and no option is lettered outside A-Z.)
+    if choices and len(free) == 1 and free.isascii() and free.isalpha() and ord(free.upper()) - 65 < len(choices):
         return free.upper()
     return free
 

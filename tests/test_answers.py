@@ -261,6 +261,9 @@ def test_text_normal_forms_never_start_or_end_with_punctuation() -> None:
 def test_option_letter_only_within_range() -> None:
     assert normalize_answer("C", ["x", "y"]) == "c"
     assert normalize_answer("B", ["x", "y"]) == "B"
+    # a one-character letter whose upper case is two characters is text, not an option
+    # (found by the idempotence property: 'ß'.upper() == 'SS')
+    assert normalize_answer("ß", ["12", "45", "78", "None of the above"]) == "ß"
 
 
 def test_ambiguous_option_text_is_not_mapped() -> None:
