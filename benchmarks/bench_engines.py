@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
             "params": params,
             "vision_params": vision,
             "dtype": str(engine.dtype).replace("torch.", ""),
+            # both methods run this model, so both use the engine's attention
+            "attention": engine.model.config.get_text_config()._attn_implementation,
             "text": {
                 k: getattr(engine.model.config.text_config, k)
                 for k in (
@@ -266,7 +268,8 @@ def render_markdown(r: dict) -> str:
         f"- device: {where}",
         (
             f"- model: {m['family']}, {m['params'] / 1e6:.1f} M parameters "
-            f"({m['vision_params'] / 1e6:.1f} M vision), {m['dtype']}"
+            f"({m['vision_params'] / 1e6:.1f} M vision), {m['dtype']}, "
+            f"attention `{m.get('attention', 'sdpa')}` in both methods"
         ),
         f"  - text: {m['text']}",
         f"  - vision: {m['vision']}",

@@ -38,6 +38,7 @@ from pipeline.engines.base import (
     truncate_at_stop,
     validate_sampling,
 )
+from pipeline.engines.attention import register as register_gqa_sdpa
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class TransformersEngine(Engine):
         self.model = AutoModelForImageTextToText.from_pretrained(
             cfg.model,
             dtype=self.dtype,
-            attn_implementation="sdpa",
+            attn_implementation=register_gqa_sdpa(),  # sdpa without KV-head copies
             trust_remote_code=cfg.trust_remote_code,
         ).to(self.device)
         self.model.eval()
