@@ -243,3 +243,21 @@ def test_glyph_filters_respond_one_hot_to_rendered_glyphs(tmp_path):
                 resp = torch.nn.functional.linear(patch, proj.weight.flatten(1), proj.bias)
             resp = resp[: len(GLYPHS)].numpy()
             assert int(np.argmax(resp)) == GLYPHS.index(glyph), (glyph, k)
+
+
+def test_report_counts_accuracy_per_question_family():
+    from seeds.chartworld.report import by_family
+    from seeds.chartworld.train_toys import heldout_rows
+    from trainer.eval import EvalReport
+
+    rows = heldout_rows(WorldConfig(), 60, seed=5)
+    preds = [{"question": r["question"], "correct": i % 3 == 0} for i, r in enumerate(rows)]
+    counts = by_family(rows, EvalReport(predictions=preds))
+    assert sum(n for _, n in counts.values()) == 60 and sum(c for c, _ in counts.values()) == 20
+    for fam, (c, n) in counts.items():
+        idx = [i for i, r in enumerate(rows) if r["family"] == fam]
+        assert (c, n) == (sum(i % 3 == 0 for i in idx), len(idx))
+    with pytest.raises(ValueError, match="predictions for"):
+        by_family(rows, EvalReport(predictions=preds[:-1]))
+    with pytest.raises(ValueError, match="is not row"):
+        by_family(rows, EvalReport(predictions=preds[1:] + preds[:1]))

@@ -23,6 +23,20 @@ from seeds.chartworld.train_toys import HELDOUT_SEED, INSTRUCTIONS, heldout_rows
 from trainer.eval import EvalConfig, EvalReport, evaluate, format_table
 
 
+def by_family(rows: list[dict], report: EvalReport) -> dict[str, tuple[int, int]]:
+    """(correct, total) per question family; ``evaluate`` keeps the rows' order."""
+    if len(rows) != len(report.predictions):
+        raise ValueError(f"{len(report.predictions)} predictions for {len(rows)} rows")
+    counts: dict[str, list[int]] = {}
+    for row, pred in zip(rows, report.predictions):
+        if pred["question"] != row["question"]:
+            raise ValueError(f"prediction for {pred['question']!r} is not row {row['question']!r}")
+        c = counts.setdefault(row["family"], [0, 0])
+        c[0] += pred["correct"]
+        c[1] += 1
+    return {k: (v[0], v[1]) for k, v in sorted(counts.items())}
+
+
 def evaluate_dir(model_dir: Path, rows: list[dict], cfg: EvalConfig, engine: str) -> tuple[EvalReport, float]:
     t0 = time.time()
     if engine == "transformers-inprocess":
@@ -72,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     table = format_table(reports, skills=SKILLS)
     kinds = format_table({k: EvalReport(overall=r.overall, by_skill=r.by_source)
                           for k, r in reports.items()})
+    families = format_table({k: EvalReport(overall=r.overall, by_skill=by_family(rows, r))
+                             for k, r in reports.items()})
     text = f"""# Chart-world toy models: held-out accuracy per skill
 
 Command: `{command}`
@@ -87,6 +103,9 @@ Machine: {platform.machine()}, {a.threads} threads; evaluation time teacher
 By chart kind (same runs):
 
 {kinds.replace("| skill |", "| kind |")}
+By question family (same runs; seeds/chartworld/questions.py):
+
+{families.replace("| skill |", "| family |")}
 No answer extracted: teacher {reports['teacher'].no_answer}, student {reports['student'].no_answer}.
 """
     print(text)

@@ -155,7 +155,7 @@ def tokenizer_corpus(n_examples: int = 3000) -> list[str]:
 
 def heldout_rows(world: WorldConfig, n: int, seed: int = HELDOUT_SEED) -> list[dict[str, Any]]:
     return [{"image": ex.image, "question": ex.qa.question, "answer": ex.qa.answer,
-             "skill": ex.qa.skill, "type": f"chartworld_{ex.chart.kind}"}
+             "skill": ex.qa.skill, "family": ex.qa.family, "type": f"chartworld_{ex.chart.kind}"}
             for ex in generate(world, n, seed=seed)]
 
 
