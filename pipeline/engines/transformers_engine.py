@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pipeline.engines.attention import register as register_gqa_sdpa
 from pipeline.engines.base import (
     Completion,
     Engine,
@@ -38,7 +39,6 @@ from pipeline.engines.base import (
     truncate_at_stop,
     validate_sampling,
 )
-from pipeline.engines.attention import register as register_gqa_sdpa
 
 log = logging.getLogger(__name__)
 
