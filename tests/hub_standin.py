@@ -365,12 +365,12 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         if length > 1:
             self.rfile.read(length // 2)
+        self.standin._set_status(call, "dropped", injected=True)  # before the client sees it
         self.close_connection = True
         try:
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        self.standin._set_status(call, "dropped", injected=True)
 
     def _reply(
         self,
@@ -381,6 +381,9 @@ class _Handler(BaseHTTPRequestHandler):
         injected: bool = False,
     ) -> None:
         data = json.dumps(payload).encode()
+        # Recorded before the bytes go out: once the client has its answer, a test may count
+        # calls at once, and a status set after the write raced with it (seen in CI).
+        self.standin._set_status(call, status, injected)
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -391,7 +394,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except OSError:  # the client went away (e.g. it was killed while held)
             self.close_connection = True
-        self.standin._set_status(call, status, injected)
 
     def _repo(self, match: re.Match) -> tuple[_Repo | None, str]:
         kind = (match.groupdict().get("type") or "models").rstrip("s")
