@@ -22,6 +22,7 @@ from seeds.chartworld import (
     write_seed_set,
 )
 from seeds.chartworld.render import render_png
+from seeds.chartworld.spec import LABEL_SETS
 
 N = 700  # enough for every kind x skill pair to occur with the default uniform weights
 
@@ -243,6 +244,63 @@ def test_glyph_filters_respond_one_hot_to_rendered_glyphs(tmp_path):
                 resp = torch.nn.functional.linear(patch, proj.weight.flatten(1), proj.bias)
             resp = resp[: len(GLYPHS)].numpy()
             assert int(np.argmax(resp)) == GLYPHS.index(glyph), (glyph, k)
+
+
+@pytest.mark.slow
+def test_glyph_readout_brings_each_item_to_the_lm_as_its_label_and_value(tmp_path):
+    """After glyph_readout an item's vision token lies nearest the text embeddings of its
+    own label and value; with the same model minus the read-out it does not."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    from pipeline.tiny_models import build_tiny_qwen3vl, build_tokenizer
+    from seeds.chartworld.render import item_token
+    from seeds.chartworld.train_toys import (
+        glyph_patch_embed,
+        glyph_readout,
+        seed_position_code,
+        white_is_zero,
+    )
+
+    torch.set_num_threads(1)
+    world = WorldConfig()
+    model_dir = build_tiny_qwen3vl(tmp_path / "m", build_tokenizer(), hidden_size=64,
+                                   num_layers=1, num_heads=1, num_kv_heads=1,
+                                   intermediate_size=128, vision_hidden=64, vision_depth=1,
+                                   image_size=160)
+    white_is_zero(model_dir)
+    glyph_patch_embed(model_dir, world)
+    seed_position_code(model_dir)
+    examples = list(generate(world, 12, seed=5))
+
+    def hits(model_dir) -> tuple[float, float]:
+        model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+        processor = AutoProcessor.from_pretrained(model_dir)
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        embed = model.get_input_embeddings().weight
+        letters, digits = LABEL_SETS["letters"], [str(d) for d in range(10)]
+        letter_rows = embed[[tok.convert_tokens_to_ids(c) for c in letters]]
+        digit_rows = embed[[tok.convert_tokens_to_ids(d) for d in digits]]
+        label_ok = value_ok = total = 0
+        for ex in examples:
+            img = Image.open(io.BytesIO(ex.image)).convert("RGB")
+            inputs = processor.image_processor(images=[img], return_tensors="pt")
+            with torch.no_grad():
+                tokens = model.model.get_image_features(
+                    inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output[0]
+            for k, (label, value) in enumerate(zip(ex.chart.labels, ex.chart.values)):
+                row, col = item_token(ex.chart.kind, k, world.width, world.height)
+                token = tokens[row * (world.width // 32) + col]
+                label_ok += int((letter_rows @ token).argmax()) == letters.index(label)
+                value_ok += int((digit_rows @ token).argmax()) == value
+                total += 1
+        return label_ok / total, value_ok / total
+
+    label_before, value_before = hits(model_dir)
+    glyph_readout(model_dir)
+    label_after, value_after = hits(model_dir)
+    assert label_after >= 0.9 and value_after >= 0.9, (label_after, value_after)
+    assert label_before < 0.5 and value_before < 0.5, (label_before, value_before)
 
 
 def test_report_counts_accuracy_per_question_family():

@@ -3,11 +3,17 @@ and a short worked reasoning, or ``None`` when it cannot be asked unambiguously 
 "which is largest?" with a tie).
 
 The reasoning is the toy teacher's ``<think>`` content: the facts the question needs, each
-read off the chart by one lookup ("A=3 C=5", "max 9 min 2"), then the one computation
+read off the chart by one lookup ("A 3 C 5", "max 9 min 2"), then the one computation
 ("3+5=8"). Giving a tiny model the intermediate values as tokens is what makes arithmetic
 and multi-hop learnable in minutes of CPU; a student trained to answer directly lacks
 exactly that. (A full left-to-right transcription of the chart first was tried and
 dropped: addressing "the k-th item" by position was the slowest thing to learn.)
+
+Every lookup's key is the token right before what it looks up: "C 5" (the value is
+predicted *at* the label), "max 9 C" (the label at the value). With "C=5" or "max 9 at C"
+the position that predicts must first fetch the key from the token before it, then match
+it against the image: two hops, which the 4-layer toy teacher had not learned after 3000
+steps (value_of 42%, argmax 12%: it answered with the largest value or a fixed letter).
 """
 
 from __future__ import annotations
@@ -35,10 +41,6 @@ class QA:
     reasoning: str  # worked steps (without the answer line)
 
 
-def transcription(chart: Chart) -> str:
-    return " ".join(f"{lab}={v}" for lab, v in zip(chart.labels, chart.values))
-
-
 def _qa(chart: Chart, question: str, answer: object, skill: str, family: str, steps: str) -> QA:
     return QA(question=question, answer=str(answer), skill=skill, family=family, reasoning=steps)
 
@@ -54,7 +56,7 @@ def _unique_arg(chart: Chart, pick: Callable[[list[int]], int]) -> int | None:
 def value_of(chart: Chart, rng: random.Random) -> QA | None:
     i = rng.randrange(len(chart.labels))
     lab, v = chart.labels[i], chart.values[i]
-    return _qa(chart, f"What is the value of {lab}?", v, "retrieval", "value_of", f"{lab}={v}")
+    return _qa(chart, f"What is the value of {lab}?", v, "retrieval", "value_of", f"{lab} {v}")
 
 
 # --- extremum ---------------------------------------------------------------------------
@@ -64,7 +66,7 @@ def argmax(chart: Chart, rng: random.Random) -> QA | None:
         return None
     lab, v = chart.labels[i], chart.values[i]
     return _qa(chart, "Which label has the highest value?", lab, "extremum", "argmax",
-               f"max {v} at {lab}")
+               f"max {v} {lab}")
 
 
 def argmin(chart: Chart, rng: random.Random) -> QA | None:
@@ -73,7 +75,7 @@ def argmin(chart: Chart, rng: random.Random) -> QA | None:
         return None
     lab, v = chart.labels[i], chart.values[i]
     return _qa(chart, "Which label has the lowest value?", lab, "extremum", "argmin",
-               f"min {v} at {lab}")
+               f"min {v} {lab}")
 
 
 # --- comparison -------------------------------------------------------------------------
@@ -91,7 +93,7 @@ def larger_of_two(chart: Chart, rng: random.Random) -> QA | None:
     win = a if va > vb else b
     op = ">" if va > vb else "<"
     return _qa(chart, f"Which is larger, {a} or {b}?", win, "comparison", "larger_of_two",
-               f"{a}={va} {b}={vb}. {va}{op}{vb}")
+               f"{a} {va} {b} {vb}. {va}{op}{vb}")
 
 
 def is_greater(chart: Chart, rng: random.Random) -> QA | None:
@@ -101,7 +103,7 @@ def is_greater(chart: Chart, rng: random.Random) -> QA | None:
     (a, b), (va, vb) = [chart.labels[k] for k in pair], [chart.values[k] for k in pair]
     op = ">" if va > vb else "<"
     return _qa(chart, f"Is {a} greater than {b}?", "Yes" if va > vb else "No", "comparison",
-               "is_greater", f"{a}={va} {b}={vb}. {va}{op}{vb}")
+               "is_greater", f"{a} {va} {b} {vb}. {va}{op}{vb}")
 
 
 # --- counting ---------------------------------------------------------------------------
@@ -130,14 +132,14 @@ def _pair(chart: Chart, rng: random.Random) -> tuple[str, str, int, int]:
 def sum_two(chart: Chart, rng: random.Random) -> QA | None:
     a, b, va, vb = _pair(chart, rng)
     return _qa(chart, f"What is the sum of {a} and {b}?", va + vb, "arithmetic", "sum_two",
-               f"{a}={va} {b}={vb}. {va}+{vb}={va + vb}")
+               f"{a} {va} {b} {vb}. {va}+{vb}={va + vb}")
 
 
 def diff_two(chart: Chart, rng: random.Random) -> QA | None:
     a, b, va, vb = _pair(chart, rng)
     hi, lo = max(va, vb), min(va, vb)
     return _qa(chart, f"What is the difference between {a} and {b}?", hi - lo, "arithmetic",
-               "diff_two", f"{a}={va} {b}={vb}. {hi}-{lo}={hi - lo}")
+               "diff_two", f"{a} {va} {b} {vb}. {hi}-{lo}={hi - lo}")
 
 
 def ratio_two(chart: Chart, rng: random.Random) -> QA | None:
@@ -150,7 +152,7 @@ def ratio_two(chart: Chart, rng: random.Random) -> QA | None:
     i, j = rng.choice(pairs)
     a, b, va, vb = chart.labels[i], chart.labels[j], chart.values[i], chart.values[j]
     return _qa(chart, f"What is the ratio of {a} to {b}?", va // vb, "arithmetic", "ratio_two",
-               f"{a}={va} {b}={vb}. {va}/{vb}={va // vb}")
+               f"{a} {va} {b} {vb}. {va}/{vb}={va // vb}")
 
 
 # --- multi-hop (find the extreme values, then compute) ----------------------------------
@@ -174,7 +176,7 @@ def max_minus_label(chart: Chart, rng: random.Random) -> QA | None:
     i = rng.choice(others)
     lab, v = chart.labels[i], chart.values[i]
     return _qa(chart, f"How much higher is the highest value than {lab}?", hi - v, "multihop",
-               "max_minus_label", f"max {hi} {lab}={v}. {hi}-{v}={hi - v}")
+               "max_minus_label", f"max {hi}. {lab} {v}. {hi}-{v}={hi - v}")
 
 
 # --- text (reading words off the image) -------------------------------------------------
