@@ -54,6 +54,7 @@ class ScriptedServer:
                     status, headers, delay = outer.script.pop(0) if outer.script else (200, {}, 0.0)
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                    counted = True
                 try:
                     time.sleep(delay)
                     if status == 200:
@@ -71,6 +72,12 @@ class ScriptedServer:
                     else:
                         payload = {"error": {"message": f"scripted {status}"}}
                     data = json.dumps(payload).encode()
+                    # Done before the bytes go out: once the client has its answer it may
+                    # send the next request at once, and a count dropped after the write
+                    # raced with it (CI saw 3 in flight under a limit of 2).
+                    with lock:
+                        outer.in_flight -= 1
+                        counted = False
                     self.send_response(status)
                     for k, v in headers.items():
                         self.send_header(k, v)
@@ -82,7 +89,8 @@ class ScriptedServer:
                     pass
                 finally:
                     with lock:
-                        outer.in_flight -= 1
+                        if counted:
+                            outer.in_flight -= 1
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
