@@ -116,8 +116,8 @@ TEACHER = ToySpec(
 # from the teacher; computing with what it read, with two layers and no data for it, it
 # mostly cannot: that is the gap distillation should close. (At 1/20 the rate of the other
 # skills, the first two of the glyph-reading teacher's layers kept too much: arithmetic
-# 59%, multi-hop 65% on the 200-question monitor.) Same format on purpose: with a direct-answer student ("Answer: X" only)
-# on-policy distillation first had to unlearn the format (the teacher gives its
+# 59%, multi-hop 65% on the 200-question monitor.) Same format on purpose: with a
+# direct-answer student ("Answer: X" only) on-policy distillation first had to unlearn the format (the teacher gives its
 # "Answer" first token almost no mass; reverse KL ~12 nats/token) and collapsed held-out
 # accuracy from 36% to 11-17% in 60-150 steps before it could teach any content.
 STUDENT = ToySpec(
@@ -301,8 +301,8 @@ def glyph_readout(model_dir: Path, glyphs: Sequence[str] = GLYPHS, bias: float =
     their random weights scaled by ``rest``, and every weight is trained afterwards.
     Measured at initialisation (teacher size, 796 items): the nearest letter embedding to
     an item's token is its label for 100% of items (12% without), the nearest digit its
-    value for 99% (9%). In a 600-step probe with the "C 5" reasoning format (questions.py)
-    value lookup reached 97% held-out; without the read-out and with "C=5", 27%.
+    value for 99% (9%). 600-step probes: with the read-out, value lookup reached 27%
+    held-out in the old "C=5" <think> format and 97% in the "C 5" one (questions.py).
     """
     import torch
     from transformers import AutoModelForImageTextToText, AutoTokenizer
