@@ -254,7 +254,7 @@ def test_glyph_readout_brings_each_item_to_the_lm_as_its_label_and_value(tmp_pat
     from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
     from pipeline.tiny_models import build_tiny_qwen3vl, build_tokenizer
-    from seeds.chartworld.render import item_token
+    from seeds.chartworld.render import TOKEN, item_token
     from seeds.chartworld.train_toys import (
         glyph_patch_embed,
         glyph_readout,
@@ -290,7 +290,7 @@ def test_glyph_readout_brings_each_item_to_the_lm_as_its_label_and_value(tmp_pat
                     inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output[0]
             for k, (label, value) in enumerate(zip(ex.chart.labels, ex.chart.values)):
                 row, col = item_token(ex.chart.kind, k, world.width, world.height)
-                token = tokens[row * (world.width // 32) + col]
+                token = tokens[row * (world.width // TOKEN) + col]
                 label_ok += int((letter_rows @ token).argmax()) == letters.index(label)
                 value_ok += int((digit_rows @ token).argmax()) == value
                 total += 1
