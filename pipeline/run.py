@@ -177,9 +177,10 @@ def run_stage(cfg: RunConfig, stage: Stage, stages_by_name: dict[str, Stage], *,
     man = Manifest(stage=stage.dirname, config_hash=config_hash, input_hash=input_hash,
                    input_shards=input_shards, shards_total=len(tasks), versions=versions())
     planned = {t.index for t in tasks}
-    # Leftovers from an interrupted write (temp files) and shards no longer planned go.
-    for tmp in stage_dir.glob(".shard-*.tmp"):
-        tmp.unlink()
+    # Leftovers from an interrupted write (temp files of shards, markers, the manifest,
+    # reports) and shards no longer planned go.
+    if n_tmp := shards.remove_temp_files(stage_dir):
+        log.info("%s: removed %d temp file(s) of an interrupted write", stage.dirname, n_tmp)
     for stale in stage_dir.glob("shard-*.done"):
         if int(stale.stem.split("-")[1]) not in planned:
             shards.remove_shard(stage_dir, int(stale.stem.split("-")[1]))

@@ -32,9 +32,23 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A temp file next to ``path``, named ``.<name>.<random>.tmp`` (see remove_temp_files)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
+def remove_temp_files(folder: Path) -> int:
+    """Delete what interrupted atomic writes left in ``folder`` (a SIGKILL between mkstemp
+    and rename runs no cleanup). Only safe while holding the run lock; returns the count."""
+    leftovers = list(folder.glob(".*.tmp"))
+    for tmp in leftovers:
+        tmp.unlink(missing_ok=True)
+    return len(leftovers)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -51,8 +65,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_write_table(path: Path, table: pa.Table) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_beside(path)
     os.close(fd)
     try:
         pq.write_table(table, tmp, compression="zstd")

@@ -81,7 +81,12 @@ def test_rerun_skips_complete_shards(tmp_path):
     mtimes = {p.name: p.stat().st_mtime_ns for p in stage_dir.glob("shard-*.parquet")}
     shards.remove_shard(stage_dir, 5)
     (stage_dir / "shard-00007.parquet").write_bytes(b"truncated")  # a corrupt leftover
+    # What a SIGKILL between mkstemp and rename leaves, for any atomically written file.
+    leftovers = [".shard-00005.parquet.a1b2.tmp", ".manifest.json.c3d4.tmp", ".report.json.e5f6.tmp"]
+    for name in leftovers:
+        (stage_dir / name).write_bytes(b"partial")
     run_stage(cfg, st, {st.name: st}, progress=False)
+    assert not [n for n in leftovers if (stage_dir / n).exists()]
     after = {p.name: p.stat().st_mtime_ns for p in stage_dir.glob("shard-*.parquet")}
     redone = {k for k in after if after[k] != mtimes.get(k)}
     assert redone == {"shard-00005.parquet", "shard-00007.parquet"}
