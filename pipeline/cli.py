@@ -232,10 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may come anywhere (`stage 2 --config f delta.n=3`): argparse binds the
     # positional list early, so collect the leftover key=value words here.
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, extra = parser.parse_known_args(argv)
     if args.command in ("train", "eval"):
-        args.args = list(args.args) + extra
-        extra = []
+        # argparse's REMAINDER lets a leading option escape into `extra` (and so reorders
+        # the words): hand the delegated command its words exactly as typed instead.
+        start = argv.index(args.command) + (2 if args.command == "train" else 1)
+        args.args, extra = argv[start:], []
     bad = [w for w in extra if w.startswith("-") or "=" not in w]
     if bad or (extra and not hasattr(args, "overrides")):
         parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")

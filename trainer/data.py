@@ -145,7 +145,8 @@ def select_prompts(
     return [int(i) for i in indices]
 
 
-def _to_pil(image: Any):
+def to_pil(image: Any):
+    """An image field (HF ``{bytes, path}``, bytes, a path, PIL) -> decoded RGB, or BadPrompt."""
     from PIL import Image, UnidentifiedImageError
 
     if image is None:
@@ -185,7 +186,7 @@ def decode_prompt(row: dict[str, Any]) -> TrainPrompt:
             answers = [answers]
     return TrainPrompt(
         id=str(row.get("id") or ""),
-        image=_to_pil(row.get("image")),
+        image=to_pil(row.get("image")),
         question=question,
         answers=[str(a) for a in (answers or [])],
         skill=row.get("skill"),

@@ -1,8 +1,16 @@
-"""Accuracy of a model on a held-out prompt table, per skill and per source.
+"""Accuracy of models on a held-out prompt set, per skill and per source, before vs after.
 
-Answers are read and compared with the project's rules (``pipeline.answers``:
-``extract_answer`` + ``answers_match``), the same ones the mine and delta stages use, so
-an accuracy here and a failure there mean the same thing.
+Answers are read and compared with the project's rules (``pipeline.answers``), the same
+ones the mine and delta stages use, so an accuracy here and a failure there mean the same
+thing. Each row is scored in one match mode: ``relaxed`` (ChartQA's 5% numeric
+tolerance) or ``exact`` give 1 or 0; ``anls`` gives the row's ANLS (0..1), so a group
+scored with it reports mean ANLS, the DocVQA metric. The mode is ``match_mode``, or
+``match_by_source[row.source]``, so one held-out set can score its charts relaxed and its
+documents with ANLS.
+
+Rows that cannot be asked are counted in ``skipped`` by reason and never scored (no gold
+answer, an undecodable image); a request the engine fails is scored 0 and counted in
+``errors``, so every model is scored on the same rows.
 
 Two ways to get completions, one scoring path:
 
@@ -11,23 +19,30 @@ Two ways to get completions, one scoring path:
 * ``model_generator(model, processor)``: greedy ``generate`` on an in-process
   transformers model, for evaluation inside a training loop without reloading.
 
-    python -m trainer.eval --model DIR --data heldout.parquet [--engine vllm] [--n 2000]
+    deltaprompts eval --model before=models/chartworld/student --model after=runs/opd/final \\
+        --data data/chartworld-heldout --out runs/eval-opd
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
+import shlex
+import sys
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from pipeline.answers import answers_match, extract_answer
+from pipeline.answers import anls_score, answers_match, extract_answer
+from trainer.data import BadPrompt, to_pil
 
-# (questions, images) -> [(text, truncated)] — one completion per prompt
-Generator = Callable[[list[str], list[Any]], list[tuple[str, bool]]]
+MATCH_MODES = ("relaxed", "anls", "exact")
+
+# (questions, images) -> [(text, truncated)], one completion per prompt; text is None
+# where the request failed. Images are decoded RGB PIL images, or None for text-only rows.
+Generator = Callable[[list[str], list[Any]], list[tuple[str | None, bool]]]
 
 
 @dataclass
@@ -37,25 +52,40 @@ class EvalConfig:
     batch_size: int = 32
     instruction: str | None = None  # appended to each question (after a newline) when set
     match_mode: str = "relaxed"
-    limit: int | None = None  # evaluate the first `limit` rows only
+    match_by_source: dict[str, str] = field(default_factory=dict)  # source -> mode
+    limit: int | None = None  # evaluate the first `limit` rows that have gold answers
+
+    def __post_init__(self):
+        for where, mode in [("match_mode", self.match_mode)] + [
+                (f"match_by_source[{s!r}]", m) for s, m in self.match_by_source.items()]:
+            if mode not in MATCH_MODES:
+                raise ValueError(f"{where}: unknown match mode {mode!r}; use one of {MATCH_MODES}")
+
+    def mode_for(self, source: str | None) -> str:
+        return self.match_by_source.get(source or "", self.match_mode)
 
 
 @dataclass
 class EvalReport:
-    overall: tuple[int, int] = (0, 0)  # (correct, total)
-    by_skill: dict[str, tuple[int, int]] = field(default_factory=dict)
-    by_source: dict[str, tuple[int, int]] = field(default_factory=dict)
+    overall: tuple[float, int] = (0.0, 0)  # (sum of row scores, rows scored)
+    by_skill: dict[str, tuple[float, int]] = field(default_factory=dict)
+    by_source: dict[str, tuple[float, int]] = field(default_factory=dict)
     no_answer: int = 0  # completions where no final answer could be extracted
+    errors: int = 0  # requests the engine failed (scored 0)
+    skipped: dict[str, int] = field(default_factory=dict)  # rows not scored, by reason
+    match_modes: dict[str, str] = field(default_factory=dict)  # source -> mode used
     predictions: list[dict[str, Any]] = field(default_factory=list)
 
     @staticmethod
-    def acc(pair: tuple[int, int]) -> float:
+    def acc(pair: tuple[float, int]) -> float:
         return pair[0] / pair[1] if pair[1] else float("nan")
 
     def summary(self) -> dict[str, Any]:
         return {
             "overall": round(self.acc(self.overall), 4), "n": self.overall[1],
-            "no_answer": self.no_answer,
+            "no_answer": self.no_answer, "errors": self.errors,
+            "skipped": dict(sorted(self.skipped.items())),
+            "match_modes": dict(sorted(self.match_modes.items())),
             "by_skill": {k: round(self.acc(v), 4) for k, v in sorted(self.by_skill.items())},
             "by_source": {k: round(self.acc(v), 4) for k, v in sorted(self.by_source.items())},
         }
@@ -70,41 +100,69 @@ def gold_answers(row: dict[str, Any]) -> list[str]:
     return []
 
 
-def image_of(row: dict[str, Any]) -> Any:
-    img = row.get("image")
-    if isinstance(img, dict):
-        return img.get("bytes") or img.get("path")
-    return img
+def score_answer(pred: str | None, golds: list[str], mode: str, choices: list[str] | None = None) -> float:
+    """One row's score: ANLS in ``anls`` mode, else 1.0 for a match and 0.0 otherwise."""
+    if mode == "anls":
+        return anls_score(pred, golds)
+    return float(answers_match(pred, golds, mode=mode, choices=choices))  # type: ignore[arg-type]
 
 
-def evaluate(generate: Generator, rows: Sequence[dict[str, Any]], cfg: EvalConfig | None = None) -> EvalReport:
-    """Score one greedy (or sampled) completion per row; rows without gold are skipped."""
+def _decoded_image(row: dict[str, Any]) -> Any:
+    """The row's image as RGB PIL, None for a text-only row; BadPrompt if undecodable."""
+    return None if row.get("image") is None else to_pil(row["image"])
+
+
+def evaluate(generate: Generator, rows: Iterable[dict[str, Any]], cfg: EvalConfig | None = None) -> EvalReport:
+    """Score one completion per row (greedy unless ``cfg.temperature`` > 0), in row order."""
     cfg = cfg or EvalConfig()
-    rows = [r for r in rows if gold_answers(r)][: cfg.limit]
-    correct: dict[str, dict[str, list[int]]] = {"skill": defaultdict(lambda: [0, 0]),
-                                                "source": defaultdict(lambda: [0, 0])}
     report = EvalReport()
-    hits = 0
-    for start in range(0, len(rows), cfg.batch_size):
-        chunk = rows[start:start + cfg.batch_size]
+    skipped: dict[str, int] = defaultdict(int)
+    candidates = []
+    for row in rows:
+        if gold_answers(row):
+            candidates.append(row)
+        else:
+            skipped["no_gold"] += 1
+    candidates = candidates[: cfg.limit]
+    sums: dict[str, dict[str, list]] = {"skill": defaultdict(lambda: [0.0, 0]),
+                                        "source": defaultdict(lambda: [0.0, 0])}
+    for start in range(0, len(candidates), cfg.batch_size):
+        chunk, images = [], []
+        for row in candidates[start:start + cfg.batch_size]:  # decode one batch at a time
+            try:
+                images.append(_decoded_image(row))
+            except BadPrompt as e:
+                skipped[e.reason] += 1
+                continue
+            chunk.append(row)
+        if not chunk:
+            continue
         questions = [r["question"] + (f"\n{cfg.instruction}" if cfg.instruction else "") for r in chunk]
-        outputs = generate(questions, [image_of(r) for r in chunk])
+        outputs = generate(questions, images)
+        if len(outputs) != len(chunk):
+            raise RuntimeError(f"generator returned {len(outputs)} completions for {len(chunk)} prompts")
         for row, (text, truncated) in zip(chunk, outputs):
-            pred = extract_answer(text, row.get("choices") or None, truncated=truncated)
-            ok = answers_match(pred, gold_answers(row), mode=cfg.match_mode,  # type: ignore[arg-type]
-                               choices=row.get("choices") or None)
-            report.no_answer += pred is None
-            hits += ok
-            for key, name in (("skill", row.get("skill") or "unknown"),
-                              ("source", row.get("source") or row.get("type") or "unknown")):
-                correct[key][name][0] += ok
-                correct[key][name][1] += 1
-            report.predictions.append({"question": row["question"], "gold": gold_answers(row),
-                                       "text": text, "pred": pred, "correct": bool(ok),
-                                       "skill": row.get("skill")})
-    report.overall = (hits, len(rows))
-    report.by_skill = {k: tuple(v) for k, v in correct["skill"].items()}
-    report.by_source = {k: tuple(v) for k, v in correct["source"].items()}
+            choices = list(row.get("choices") or []) or None
+            golds = gold_answers(row)
+            mode = cfg.mode_for(row.get("source"))
+            pred = None if text is None else extract_answer(text, choices, truncated=truncated)
+            score = score_answer(pred, golds, mode, choices)
+            report.errors += text is None
+            report.no_answer += text is not None and pred is None
+            source = row.get("source") or row.get("type") or "unknown"
+            report.match_modes[source] = mode
+            for key, name in (("skill", row.get("skill") or "unknown"), ("source", source)):
+                sums[key][name][0] += score
+                sums[key][name][1] += 1
+            report.predictions.append({"id": row.get("id"), "question": row["question"], "gold": golds,
+                                       "text": text, "pred": pred, "score": round(score, 4),
+                                       "correct": score > 0, "mode": mode,
+                                       "skill": row.get("skill"), "source": source})
+    total = sum(v[1] for v in sums["source"].values())
+    report.overall = (sum(v[0] for v in sums["source"].values()), total)
+    report.by_skill = {k: (v[0], v[1]) for k, v in sums["skill"].items()}
+    report.by_source = {k: (v[0], v[1]) for k, v in sums["source"].items()}
+    report.skipped = dict(skipped)
     return report
 
 
@@ -114,16 +172,16 @@ def engine_generator(engine, cfg: EvalConfig | None = None, seed: int = 0) -> Ge
 
     cfg = cfg or EvalConfig()
 
-    def gen(questions: list[str], images: list[Any]) -> list[tuple[str, bool]]:
+    def gen(questions: list[str], images: list[Any]) -> list[tuple[str | None, bool]]:
         reqs = [Request(messages=user_message(q, 0 if im is None else 1),
                         images=[] if im is None else [im], id=str(i))
                 for i, (q, im) in enumerate(zip(questions, images))]
         results = engine.sample(reqs, n=1, temperature=cfg.temperature,
                                 max_tokens=cfg.max_tokens, seed=seed)
-        out = []
+        out: list[tuple[str | None, bool]] = []
         for res in results:
             if res.error or not res.completions:
-                out.append(("", False))  # a failed request counts as a wrong answer
+                out.append((None, False))
             else:
                 c = res.completions[0]
                 out.append((c.text, c.finish_reason == "length"))
@@ -135,7 +193,6 @@ def engine_generator(engine, cfg: EvalConfig | None = None, seed: int = 0) -> Ge
 def model_generator(model, processor, cfg: EvalConfig | None = None) -> Generator:
     """Greedy generation with an in-process transformers model (left-padded batches)."""
     import torch
-    from PIL import Image
 
     from trainer.batching import end_of_turn_id, user_messages
 
@@ -143,16 +200,14 @@ def model_generator(model, processor, cfg: EvalConfig | None = None) -> Generato
     tok = processor.tokenizer
     stop = end_of_turn_id(tok)
 
-    def gen(questions: list[str], images: list[Any]) -> list[tuple[str, bool]]:
-        pil = [Image.open(io.BytesIO(im)).convert("RGB") if isinstance(im, (bytes, bytearray))
-               else im for im in images]
+    def gen(questions: list[str], images: list[Any]) -> list[tuple[str | None, bool]]:
         texts = [processor.apply_chat_template(user_messages(q, 0 if im is None else 1),
                                                add_generation_prompt=True, tokenize=False)
-                 for q, im in zip(questions, pil)]
+                 for q, im in zip(questions, images)]
         side = tok.padding_side
         tok.padding_side = "left"  # generation continues from the last real token
         try:
-            kept = [im for im in pil if im is not None]
+            kept = [im for im in images if im is not None]
             inputs = processor(text=texts, images=kept or None, return_tensors="pt", padding=True)
         finally:
             tok.padding_side = side
@@ -162,7 +217,7 @@ def model_generator(model, processor, cfg: EvalConfig | None = None) -> Generato
             out = model.generate(**inputs, max_new_tokens=cfg.max_tokens, do_sample=False,
                                  eos_token_id=stop, pad_token_id=tok.pad_token_id)
         new = out[:, inputs["input_ids"].shape[1]:].tolist()
-        results = []
+        results: list[tuple[str | None, bool]] = []
         for ids in new:
             ended = stop in ids
             ids = ids[: ids.index(stop)] if ended else ids
@@ -172,49 +227,134 @@ def model_generator(model, processor, cfg: EvalConfig | None = None) -> Generato
     return gen
 
 
-def format_table(reports: dict[str, EvalReport], skills: Sequence[str] | None = None) -> str:
-    """Markdown table: one column per model, one row per skill, then overall."""
-    names = list(reports)
-    skills = list(skills or sorted({s for r in reports.values() for s in r.by_skill}))
-    head = "| skill | n | " + " | ".join(names) + " |\n|---|---:|" + "---:|" * len(names) + "\n"
+# --- reporting -----------------------------------------------------------------------------
+def format_table(reports: dict[str, EvalReport], skills: Iterable[str] | None = None,
+                 by: str = "skill") -> str:
+    """Markdown table: one column per model, one row per skill (or source), then overall."""
+    groups = {name: (r.by_skill if by == "skill" else r.by_source) for name, r in reports.items()}
+    keys = list(skills or sorted({k for g in groups.values() for k in g}))
+    head = f"| {by} | n | " + " | ".join(reports) + " |\n|---|---:|" + "---:|" * len(reports) + "\n"
     lines = []
-    for s in skills:
-        n = max(r.by_skill.get(s, (0, 0))[1] for r in reports.values())
-        cells = [f"{100 * EvalReport.acc(r.by_skill[s]):.1f}%" if s in r.by_skill else "-"
-                 for r in reports.values()]
-        lines.append(f"| {s} | {n} | " + " | ".join(cells) + " |")
+    for k in keys:
+        n = max(g.get(k, (0, 0))[1] for g in groups.values())
+        cells = [f"{100 * EvalReport.acc(g[k]):.1f}%" if k in g else "-" for g in groups.values()]
+        lines.append(f"| {k} | {n} | " + " | ".join(cells) + " |")
     n = max(r.overall[1] for r in reports.values())
     cells = [f"**{100 * EvalReport.acc(r.overall):.1f}%**" for r in reports.values()]
     lines.append(f"| **overall** | {n} | " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    import pyarrow.parquet as pq
+def plot_accuracy(reports: dict[str, EvalReport], png_path: Path) -> Path:
+    """Grouped bars: accuracy per skill and overall, one bar per model."""
+    import matplotlib
 
-    p = argparse.ArgumentParser(prog="python -m trainer.eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True, help="Parquet prompt table (seed or canonical rows)")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    skills = sorted({s for r in reports.values() for s in r.by_skill}) + ["overall"]
+    x = np.arange(len(skills))
+    width = 0.8 / len(reports)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(skills) + 2), 3.6))
+    for i, (name, r) in enumerate(reports.items()):
+        vals = [EvalReport.acc(r.overall if s == "overall" else r.by_skill.get(s, (0.0, 0))) for s in skills]
+        ax.bar(x + (i - (len(reports) - 1) / 2) * width, vals, width, label=name)
+    ax.set_xticks(x, skills, rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=90)
+    plt.close(fig)
+    return png_path
+
+
+def write_outputs(out: Path, reports: dict[str, EvalReport], header: str) -> None:
+    """``summary.json``, ``accuracy.md`` (per skill and per source), ``accuracy.png`` and
+    one ``predictions-<i>.jsonl`` per model (i = the model's position on the command line)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps({k: r.summary() for k, r in reports.items()}, indent=2))
+    anls = sorted({s for r in reports.values() for s, m in r.match_modes.items() if m == "anls"})
+    note = f"\nScored with ANLS (mean, 0..1), not accuracy: {', '.join(anls)}.\n" if anls else ""
+    (out / "accuracy.md").write_text(
+        f"{header}\n\n{format_table(reports)}\n{format_table(reports, by='source')}{note}")
+    plot_accuracy(reports, out / "accuracy.png")
+    for i, r in enumerate(reports.values()):
+        with open(out / f"predictions-{i}.jsonl", "w") as f:
+            for p in r.predictions:
+                f.write(json.dumps(p) + "\n")
+
+
+def _named_models(specs: list[str]) -> dict[str, str]:
+    """``[NAME=]PATH`` words -> {name: path}; the name defaults to the path."""
+    models: dict[str, str] = {}
+    for spec in specs:
+        name, _, path = spec.partition("=") if "=" in spec else (spec, "", spec)
+        if not name or not path:
+            raise SystemExit(f"error: --model {spec!r}: expected PATH or NAME=PATH")
+        if name in models:
+            raise SystemExit(f"error: two models are named {name!r}; name them with NAME=PATH")
+        models[name] = path
+    return models
+
+
+def _source_modes(specs: list[str]) -> dict[str, str]:
+    out = {}
+    for spec in specs:
+        source, _, mode = spec.rpartition("=")
+        if not source or mode not in MATCH_MODES:
+            raise SystemExit(f"error: --match {spec!r}: expected SOURCE=MODE with MODE one of {MATCH_MODES}")
+        out[source] = mode
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="deltaprompts eval",
+        description="Accuracy of one or more models on a held-out prompt set, per skill and per "
+        "source, with the pipeline's answer matching (relaxed; ANLS for documents with --match). "
+        "Give the student before and after training to compare them side by side.")
+    p.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH",
+                   help="model folder or Hub id; repeat to compare (e.g. before=DIR after=DIR)")
+    p.add_argument("--data", required=True,
+                   help="held-out prompts: Parquet file or glob, dataset folder (save_to_disk or "
+                   "Parquet shards) or Hub dataset id")
+    p.add_argument("--split", default="test", help="split of a saved DatasetDict or Hub dataset (default test)")
     p.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
-    p.add_argument("--n", type=int, default=None, help="first n rows only")
+    p.add_argument("--n", type=int, default=None, help="first n rows with gold answers only")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--instruction", default=None)
-    p.add_argument("--json", default=None, help="write the summary (and predictions) here")
+    p.add_argument("--instruction", default=None, help="appended to each question after a newline")
+    p.add_argument("--match-mode", default="relaxed", choices=MATCH_MODES,
+                   help="answer matching for every row (default relaxed: ChartQA's 5%% tolerance)")
+    p.add_argument("--match", action="append", default=[], metavar="SOURCE=MODE",
+                   help="another mode for one source's rows, e.g. lmms-lab/DocVQA=anls (repeatable)")
+    p.add_argument("--out", default=None,
+                   help="folder for summary.json, accuracy.md, accuracy.png and predictions-<i>.jsonl")
     a = p.parse_args(argv)
+    models = _named_models(a.model)
+    cfg = EvalConfig(max_tokens=a.max_tokens, batch_size=a.batch_size, instruction=a.instruction,
+                     limit=a.n, match_mode=a.match_mode, match_by_source=_source_modes(a.match))
     from pipeline.engines import EngineConfig, build_engine
+    from trainer.data import load_prompts
 
-    cfg = EvalConfig(max_tokens=a.max_tokens, batch_size=a.batch_size,
-                     instruction=a.instruction, limit=a.n)
-    rows = pq.read_table(a.data).to_pylist()
-    with build_engine(EngineConfig(engine=a.engine, model=a.model, batch_size=a.batch_size)) as engine:
-        report = evaluate(engine_generator(engine, cfg), rows, cfg)
-    print(json.dumps(report.summary(), indent=2))
-    print(format_table({a.model: report}))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"config": asdict(cfg), "summary": report.summary(),
-                       "predictions": report.predictions}, f, indent=1)
+    rows = list(load_prompts(a.data, split=a.split))
+    reports: dict[str, EvalReport] = {}
+    for name, path in models.items():
+        with build_engine(EngineConfig(engine=a.engine, model=path, batch_size=a.batch_size)) as engine:
+            reports[name] = evaluate(engine_generator(engine, cfg), rows, cfg)
+        print(name, json.dumps(reports[name].summary()), flush=True)
+    print(format_table(reports))
+    print(format_table(reports, by="source"))
+    if a.out:
+        words = sys.argv[1:] if argv is None else argv
+        header = (f"# Held-out accuracy\n\nCommand: `deltaprompts eval {shlex.join(words)}`\n\n"
+                  f"Greedy decoding ({a.engine}), up to {a.max_tokens} new tokens; answers read "
+                  f"and matched with pipeline.answers ({a.match_mode} unless --match says otherwise).")
+        write_outputs(Path(a.out), reports, header)
+        print(f"wrote {a.out}/summary.json, accuracy.md, accuracy.png, predictions-*.jsonl")
 
 
 if __name__ == "__main__":
