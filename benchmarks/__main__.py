@@ -1,6 +1,6 @@
 """`make bench`: run the benchmarks; each writes its figures to benchmarks/results/.
 
-    python -m benchmarks [adaptive] [engines] [engines448]   (default: all that are cheap)
+    python -m benchmarks [adaptive] [engines] [engines448] [opd]   (default: all that are cheap)
 
 Figures are for comparing later runs of the same command on the same machine; every
 results file names the machine and the exact command that made it.
@@ -19,6 +19,8 @@ BENCHES = {
     # the engines issue's image size (448x448: 196 visual tokens per prompt)
     "engines448": ["benchmarks.bench_engines", "--prompts", "16", "--image-size", "448", "--tokens", "32",
                    "256", "--threads", "1", "--repeats", "2", "--out", "benchmarks/results/engines_448"],
+    # one OPD / VA-OPD optimizer step on the chart-world toy pair (the trainer issue's figure)
+    "opd": ["benchmarks.bench_opd", "--steps", "11", "--threads", "2"],
 }
 
 
