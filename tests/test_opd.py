@@ -298,6 +298,18 @@ def test_load_prompts_from_every_layout(toy_data, tmp_path):
     assert len(load_prompts(str(dd), split="train")) == n
     with pytest.raises(ValueError, match="no split 'test'"):
         load_prompts(str(dd), split="test")
+    # The Hub layout assemble writes: each split reads its own files only.
+    hub = tmp_path / "hub" / "data"
+    hub.mkdir(parents=True)
+    table = pq.read_table(toy_data)
+    pq.write_table(table.slice(0, 2), hub / "train-00000-of-00002.parquet")
+    pq.write_table(table.slice(2, 2), hub / "train-00001-of-00002.parquet")
+    pq.write_table(table.slice(4), hub / "validation-00000-of-00001.parquet")
+    train, val = load_prompts(str(hub.parent)), load_prompts(str(hub.parent), split="validation")
+    assert train["question"] == table.column("question").to_pylist()[:4]
+    assert val["question"] == table.column("question").to_pylist()[4:]
+    with pytest.raises(ValueError, match=r"no split 'test'; splits are \['train', 'validation'\]"):
+        load_prompts(str(hub.parent), split="test")
     with pytest.raises(FileNotFoundError, match="no Parquet files match"):
         load_prompts(str(tmp_path / "nothing" / "*.parquet"))
     pq.write_table(pa.table({"question": ["q"]}), tmp_path / "q_only.parquet")

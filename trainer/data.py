@@ -5,7 +5,9 @@
 * a glob of Parquet files (``runs/demo/05-filter/*.parquet``) or one ``.parquet`` file;
 * a local folder written by ``datasets.Dataset.save_to_disk`` (a ``DatasetDict`` too:
   ``split`` picks the split);
-* a local folder of Parquet shards (a stage folder), read recursively;
+* a local folder of Parquet shards, read recursively: in the Hub layout
+  (``data/<split>-00000-of-00002.parquet``, what assemble writes) only ``split``'s files,
+  otherwise (a stage folder of ``shard-*.parquet``) every file;
 * otherwise a Hugging Face Hub dataset id, loaded with ``datasets.load_dataset``.
 
 Rows follow the canonical prompt schema (pipeline/schema.py); only ``image`` and
@@ -23,6 +25,7 @@ from __future__ import annotations
 import glob
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +65,26 @@ def _parquet_dataset(files: list[str]):
     return datasets.Dataset.from_parquet(files)
 
 
+# A Hub-layout shard name: <split>-<index>-of-<count>.parquet (datasets' own convention).
+_HUB_SHARD = re.compile(r"^(?P<split>\w+)-\d{5}-of-\d{5}\.parquet$")
+
+
+def _split_files(source: str, files: list[str], split: str) -> list[str]:
+    """The files of ``split`` when the folder is in the Hub layout, else all of them.
+
+    Reading every file of an assembled dataset would train on its validation rows too.
+    """
+    by_split: dict[str, list[str]] = {}
+    for f in files:
+        if m := _HUB_SHARD.match(Path(f).name):
+            by_split.setdefault(m["split"], []).append(f)
+    if not by_split:
+        return files
+    if split not in by_split:
+        raise ValueError(f"{source}: no split {split!r}; splits are {sorted(by_split)}")
+    return by_split[split]
+
+
 def load_prompts(source: str, split: str = "train"):
     """The rows at ``source`` as a ``datasets.Dataset`` (see the module docstring)."""
     import datasets
@@ -88,17 +111,19 @@ def load_prompts(source: str, split: str = "train"):
                 raise FileNotFoundError(
                     f"{source} is neither a saved dataset (save_to_disk) nor a folder of Parquet shards"
                 )
-            ds = _parquet_dataset(files)
+            ds = _parquet_dataset(_split_files(source, files, split))
     elif Path(source).exists():
         raise ValueError(f"{source} is a file but not Parquet; give a Parquet file, glob or dataset folder")
     else:
         try:
             ds = datasets.load_dataset(source, split=split)
-        except Exception as e:  # any loader failure: re-raised with the source named
+        except FileNotFoundError as e:  # datasets' DatasetNotFoundError and DataFilesNotFoundError
             raise FileNotFoundError(
                 f"{source!r} is not a local path and could not be loaded from the Hub "
                 f"({type(e).__name__}: {e})"
             ) from e
+        except ValueError as e:  # e.g. an unknown split: datasets names the ones there are
+            raise ValueError(f"{source}: {e}") from e
     missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
     if missing:
         raise ValueError(f"{source}: missing column(s) {missing}; columns are {ds.column_names}")
