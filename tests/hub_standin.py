@@ -12,7 +12,26 @@ installed huggingface_hub 2.x source, `hf_api.py`, `_commit_api.py`, `lfs.py`):
     PUT  /_standin/lfs/{oid}                                the object itself (S3 on the Hub)
     POST /{datasets/}{repo}.git/info/lfs/objects/verify     LFS verify
     POST /api/{type}s/{repo}/commit/{rev}                   the ndjson commit
-    GET  /api/{type}s/{repo}[/revision/{rev}]               repo info (no-op commits)
+    GET  /api/{type}s/{repo}[/revision/{rev}]               repo info: sha, siblings
+                                                            (?blobs=true: sizes, LFS oids)
+
+and the reads of `datasets.load_dataset("user/name")` on a repo of Parquet files, of
+`hf_hub_download` and of `HfFileSystem` (found by logging what datasets 5.x and
+huggingface_hub 2.x ask for; `file_download.py`, `hf_file_system.py`, `datasets/load.py`):
+
+    GET  /api/agent-harnesses                               user-agent registry (empty)
+    GET  /api/{type}s/{repo}/tree/{rev}[/{path}]            listing (?recursive=true)
+    POST /api/{type}s/{repo}/paths-info/{rev}               entries for the form's `paths`
+    HEAD /{datasets/}{repo}/resolve/{rev}/{path}            file metadata: ETag, X-Repo-Commit,
+                                                            Content-Length, X-Linked-* (LFS)
+    GET  /{datasets/}{repo}/resolve/{rev}/{path}            the bytes as committed (Range: 206)
+
+`{rev}` is a branch or a commit oid (every commit's tree is kept). An LFS file is served
+directly with the X-Linked-Etag / X-Linked-Size the Hub puts on its 302 to the CDN; no
+redirect is emulated. Reads need no token on a public repo; a private one is "not found"
+without it. Tree oids of folders are stand-in hashes, not git's. `datasets` also asks
+`datasets-server.{host}` (the dataset viewer, optional to it) and, unless
+HF_UPDATE_DOWNLOAD_COUNTS=0, s3.amazonaws.com (download counts): neither is this server.
 
 Xet is not spoken: the client must run with xet disabled (huggingface_hub.constants.
 HF_HUB_DISABLE_XET, or $HF_HUB_DISABLE_XET=1 before import), and the LFS batch answer
@@ -37,7 +56,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
@@ -71,9 +90,37 @@ ROUTES: list[tuple[str, str, re.Pattern]] = [
         "repo_info",
         re.compile(rf"^/api/(?P<type>[a-z]+)s/{_REPO}(?:/revision/(?P<rev>[^/]+))?$"),
     ),
+    # ---- reads: what `datasets.load_dataset("user/name")` asks for
+    ("GET", "agent_harnesses", re.compile(r"^/api/agent-harnesses$")),
+    (
+        "GET",
+        "tree",
+        re.compile(rf"^/api/(?P<type>[a-z]+)s/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$"),
+    ),
+    (
+        "POST",
+        "paths_info",
+        re.compile(rf"^/api/(?P<type>[a-z]+)s/{_REPO}/paths-info/(?P<rev>[^/]+)$"),
+    ),
+    (
+        "HEAD",
+        "resolve",
+        re.compile(
+            rf"^/(?:(?P<type>datasets|spaces)/)?{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"
+        ),
+    ),
+    (
+        "GET",
+        "resolve",
+        re.compile(
+            rf"^/(?:(?P<type>datasets|spaces)/)?{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"
+        ),
+    ),
 ]
 # Pre-signed on the real Hub (S3), so the client sends no token there.
 UNAUTHENTICATED = {"lfs_upload"}
+# Public on the real Hub: answered without a token unless the repo is private.
+READS = {"repo_info", "agent_harnesses", "tree", "paths_info", "resolve"}
 
 
 @dataclass
@@ -111,6 +158,16 @@ class _Repo:
     trees: dict[str, dict[str, bytes]] = field(default_factory=lambda: {"main": {}})
     lfs_paths: dict[str, set[str]] = field(default_factory=lambda: {"main": set()})
     commits: list[Commit] = field(default_factory=list)
+    # commit oid -> (files, LFS paths) as of that commit: reads may name a commit, not a branch
+    snapshots: dict[str, tuple[dict[str, bytes], set[str]]] = field(default_factory=dict)
+
+    def at(self, rev: str) -> tuple[str | None, dict[str, bytes], set[str]] | None:
+        """(commit oid, files, LFS paths) at a branch or a commit oid; None if unknown."""
+        if rev in self.branches:
+            return self.branches[rev], self.trees[rev], self.lfs_paths[rev]
+        if rev in self.snapshots:
+            return (rev, *self.snapshots[rev])
+        return None
 
 
 class HubStandIn:
@@ -277,6 +334,49 @@ def _git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+def _file_entry(path: str, data: bytes, lfs: bool) -> dict[str, Any]:
+    """A file as the tree / paths-info endpoints list it."""
+    if not lfs:
+        return {"type": "file", "oid": _git_blob_sha1(data), "size": len(data), "path": path}
+    sha256 = hashlib.sha256(data).hexdigest()
+    # git holds the LFS pointer, so the blob oid is the pointer's hash.
+    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {len(data)}\n"
+    return {
+        "type": "file",
+        "oid": _git_blob_sha1(pointer.encode()),
+        "size": len(data),
+        "path": path,
+        "lfs": {"oid": sha256, "size": len(data), "pointerSize": len(pointer)},
+    }
+
+
+def _tree_entries(tree: dict[str, bytes], lfs_paths: set[str]) -> dict[str, dict[str, Any]]:
+    """Every file and folder of a tree by path; a folder's oid is a stand-in hash, not git's."""
+    entries = {p: _file_entry(p, data, p in lfs_paths) for p, data in tree.items()}
+    folders: dict[str, list[str]] = {}
+    for p, e in entries.items():
+        parts = p.split("/")
+        for i in range(1, len(parts)):
+            folders.setdefault("/".join(parts[:i]), []).append(e["oid"])
+    for folder, oids in folders.items():
+        oid = hashlib.sha1(f"{folder}\0{sorted(oids)}".encode()).hexdigest()
+        entries[folder] = {"type": "directory", "oid": oid, "size": 0, "path": folder}
+    return entries
+
+
+def _byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """`Range: bytes=a-b` / `bytes=a-` / `bytes=-n` -> [start, end) within size; None if unusable."""
+    found = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header)
+    if not found or found[1] == found[2] == "":
+        return None
+    if found[1] == "":  # the last n bytes
+        start, end = max(size - int(found[2]), 0), size
+    else:
+        start = int(found[1])
+        end = min(int(found[2]) + 1, size) if found[2] else size
+    return (start, end) if start < end else None
+
+
 class _Handler(BaseHTTPRequestHandler):
     standin: HubStandIn
     protocol_version = "HTTP/1.1"  # keep-alive, as the client expects
@@ -294,6 +394,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         self._dispatch("PUT")
 
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
     # ------------------------------------------------------------------ plumbing
 
     def _dispatch(self, method: str) -> None:
@@ -305,6 +408,7 @@ class _Handler(BaseHTTPRequestHandler):
                 endpoint, match = name, found
                 break
         call = Call(method=method, endpoint=endpoint, path=self.path)
+        self._call = call
         s._record(call)
 
         if s._should_hold(endpoint):
@@ -330,7 +434,8 @@ class _Handler(BaseHTTPRequestHandler):
 
         if endpoint not in UNAUTHENTICATED and s.expected_token is not None:
             call.authorized = self.headers.get("authorization") == f"Bearer {s.expected_token}"
-            if not call.authorized:
+            anonymous_read = endpoint in READS and self.headers.get("authorization") is None
+            if not call.authorized and not anonymous_read:  # private repos: see _readable
                 self._reply(
                     call,
                     401,
@@ -380,18 +485,21 @@ class _Handler(BaseHTTPRequestHandler):
         headers: dict[str, str] | None = None,
         injected: bool = False,
     ) -> None:
-        data = json.dumps(payload).encode()
+        if isinstance(payload, bytes):  # file content (resolve)
+            data, content_type = payload, "application/octet-stream"
+        else:
+            data, content_type = json.dumps(payload).encode(), "application/json"
         # Recorded before the bytes go out: once the client has its answer, a test may count
         # calls at once, and a status set after the write raced with it (seen in CI).
         self.standin._set_status(call, status, injected)
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in (headers or {}).items():
+            head = {"Content-Type": content_type, "Content-Length": str(len(data))}
+            for k, v in {**head, **(headers or {})}.items():
                 self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":  # a HEAD answer has the headers of a GET, no body
+                self.wfile.write(data)
         except OSError:  # the client went away (e.g. it was killed while held)
             self.close_connection = True
 
@@ -401,9 +509,28 @@ class _Handler(BaseHTTPRequestHandler):
         return self.standin.repos.get(key), kind
 
     @staticmethod
-    def _not_found(what: str) -> tuple[int, Any, dict[str, str]]:
-        code = "RevisionNotFound" if what == "revision" else "RepoNotFound"
-        return 404, {"error": f"{what} not found"}, {"X-Error-Code": code}
+    def _not_found(what: str, **headers: str) -> tuple[int, Any, dict[str, str]]:
+        code = {"revision": "RevisionNotFound", "entry": "EntryNotFound"}.get(what, "RepoNotFound")
+        return 404, {"error": f"{what} not found"}, {"X-Error-Code": code, **headers}
+
+    def _readable(self, match: re.Match):
+        """(repo, (commit oid, files, LFS paths) at the revision) or a 404 answer to return.
+
+        A private repo is not found without the token, as on the Hub; a stand-in made
+        without `expected_token` lets every reader in.
+        """
+        repo, _ = self._repo(match)
+        if repo is None or (
+            repo.private and self.standin.expected_token is not None and not self._call.authorized
+        ):
+            return None, self._not_found("repository")
+        at = repo.at(unquote(match["rev"] or "main"))
+        if at is None:
+            return None, self._not_found("revision")
+        return repo, at
+
+    def _query(self) -> dict[str, list[str]]:
+        return parse_qs(urlsplit(self.path).query)
 
     # ------------------------------------------------------------------ endpoints
 
@@ -550,6 +677,7 @@ class _Handler(BaseHTTPRequestHandler):
                 changed.append(p)
             oid = hashlib.sha1(json.dumps([head, header, changed]).encode() + body).hexdigest()
             repo.trees[rev], repo.lfs_paths[rev], repo.branches[rev] = tree, lfs_paths, oid
+            repo.snapshots[oid] = (tree, lfs_paths)
             repo.commits.append(
                 Commit(oid=oid, parent=head, message=header.get("summary", ""), changed=changed)
             )
@@ -562,20 +690,97 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _h_repo_info(self, match: re.Match, body: bytes):
-        repo, _ = self._repo(match)
-        rev = unquote(match["rev"] or "main")
+        repo, at = self._readable(match)
         if repo is None:
-            return self._not_found("repository")
-        if rev not in repo.branches:
-            return self._not_found("revision")
-        siblings = [{"rfilename": p} for p in sorted(repo.trees[rev])]
+            return at
+        oid, tree, lfs_paths = at
+        blobs = self._query().get("blobs", ["false"])[-1] == "true"  # files_metadata=True
+        siblings = []
+        for p in sorted(tree):
+            sibling: dict[str, Any] = {"rfilename": p}
+            if blobs:
+                entry = _file_entry(p, tree[p], p in lfs_paths)
+                sibling.update(size=entry["size"], blobId=entry["oid"])
+                if "lfs" in entry:
+                    sibling["lfs"] = {
+                        "sha256": entry["lfs"]["oid"],
+                        "size": entry["lfs"]["size"],
+                        "pointerSize": entry["lfs"]["pointerSize"],
+                    }
+            siblings.append(sibling)
         return (
             200,
             {
                 "id": match["repo"],
-                "sha": repo.branches[rev],
+                "sha": oid,
                 "private": repo.private,
+                "disabled": False,
+                "gated": False,
                 "siblings": siblings,
             },
             {},
         )
+
+    def _h_agent_harnesses(self, match: re.Match, body: bytes):
+        # huggingface_hub fetches this registry (best effort) for its user agent: none known.
+        return 200, {"standardEnvVars": [], "harnesses": {}}, {}
+
+    def _h_tree(self, match: re.Match, body: bytes):
+        repo, at = self._readable(match)
+        if repo is None:
+            return at
+        _, tree, lfs_paths = at
+        base = unquote(match["path"] or "").strip("/")
+        query = self._query()
+        recursive = query.get("recursive", ["false"])[-1] == "true"
+        entries = _tree_entries(tree, lfs_paths)
+        if base and entries.get(base, {}).get("type") != "directory":
+            return self._not_found("entry")  # no such folder (or a file)
+        prefix = f"{base}/" if base else ""
+        listing = [
+            e
+            for p, e in sorted(entries.items())
+            if p.startswith(prefix) and (recursive or "/" not in p[len(prefix) :])
+        ]
+        return 200, listing, {}
+
+    def _h_paths_info(self, match: re.Match, body: bytes):
+        repo, at = self._readable(match)
+        if repo is None:
+            return at
+        _, tree, lfs_paths = at
+        form = parse_qs(body.decode())  # form-encoded: paths=a&paths=b&expand=False
+        entries = _tree_entries(tree, lfs_paths)
+        wanted = [p.strip("/") for p in form.get("paths", [])]
+        return 200, [entries[p] for p in wanted if p in entries], {}
+
+    def _h_resolve(self, match: re.Match, body: bytes):
+        repo, at = self._readable(match)
+        if repo is None:
+            return at
+        oid, tree, lfs_paths = at
+        path = unquote(match["path"])
+        commit = {"X-Repo-Commit": oid} if oid else {}
+        if path not in tree:
+            return self._not_found("entry", **commit)
+        data = tree[path]
+        entry = _file_entry(path, data, path in lfs_paths)
+        headers = {**commit, "ETag": f'"{entry["oid"]}"', "Accept-Ranges": "bytes"}
+        if "lfs" in entry:
+            # On the Hub a 302 to a CDN carries these; here the bytes are served directly.
+            headers["ETag"] = f'"{entry["lfs"]["oid"]}"'
+            headers["X-Linked-Etag"] = f'"{entry["lfs"]["oid"]}"'
+            headers["X-Linked-Size"] = str(len(data))
+        wanted = self.headers.get("range")
+        if wanted:
+            span = _byte_range(wanted, len(data))
+            if span is None:
+                return (
+                    416,
+                    {"error": f"bad range {wanted}"},
+                    {"Content-Range": f"bytes */{len(data)}"},
+                )
+            start, end = span
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
+            return 206, data[start:end], headers
+        return 200, data, headers
