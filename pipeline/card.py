@@ -192,6 +192,9 @@ class CardInfo:
     data_files: dict[str, str] = field(
         default_factory=dict
     )  # split -> glob; default data/<split>-*
+    # split -> bytes of its Arrow table (datasets' num_bytes); without it datasets drops the
+    # card's split sizes ("`splits` field in YAML is malformed") and never checks row counts
+    split_bytes: dict[str, int] = field(default_factory=dict)
     languages: list[str] = field(default_factory=lambda: ["en"])
     extra_tags: list[str] = field(default_factory=list)
     description: str = ""  # a paragraph of the caller's own, shown under the title
@@ -257,7 +260,9 @@ def render_card(info: CardInfo | dict[str, Any], template_path: Path | None = No
         ],
         "dataset_info": {
             "features": features_to_yaml(info.features),
-            "splits": [{"name": s, "num_examples": int(n)} for s, n in info.split_rows.items()],
+            "splits": [{"name": s, "num_examples": int(n)}
+                       | ({"num_bytes": int(info.split_bytes[s])} if s in info.split_bytes else {})
+                       for s, n in info.split_rows.items()],
         },
     }
     columns = [
@@ -307,6 +312,10 @@ def _check(info: CardInfo) -> None:
     for split, n in info.split_rows.items():
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"card info: split_rows[{split!r}] must be an int >= 0, got {n!r}")
+    for split, n in info.split_bytes.items():
+        if split not in info.split_rows or not isinstance(n, int) or n < 0:
+            raise ValueError(f"card info: split_bytes[{split!r}] must be an int >= 0 for a split "
+                             f"in split_rows, got {n!r}")
     missing = [c for c in PROMPT_COLUMNS if c not in info.features]
     if missing:
         raise ValueError(

@@ -60,7 +60,7 @@ def write_dataset(cfg, stage_dir, table: pa.Table) -> dict:
     if out.exists():
         shutil.rmtree(out)
     (out / "data").mkdir(parents=True)
-    split_rows = {}
+    split_rows, split_bytes = {}, {}
     for split in ("train", "validation"):
         part = table.filter(pc.equal(table.column(SPLIT_COLUMN), split)).drop_columns([SPLIT_COLUMN])
         part = part.replace_schema_metadata(with_hf_metadata(part.schema).metadata)
@@ -68,6 +68,7 @@ def write_dataset(cfg, stage_dir, table: pa.Table) -> dict:
             continue
         pq.write_table(part, out / "data" / f"{split}-00000-of-00001.parquet", compression="zstd")
         split_rows[split] = part.num_rows
+        split_bytes[split] = part.nbytes
     if not split_rows:
         from pipeline.run import RunError
 
@@ -93,6 +94,7 @@ def write_dataset(cfg, stage_dir, table: pa.Table) -> dict:
         teacher=cfg.models.teacher.model,
         student=cfg.models.student.model,
         split_rows=split_rows,
+        split_bytes=split_bytes,
         features=hf_features(table.drop_columns([SPLIT_COLUMN]).schema),
         stage_counts=counts,
         sources=[SourceInfo(name=s.label, license=s.license or "unknown",

@@ -196,6 +196,8 @@ def test_secrets_in_the_config_are_redacted():
         ({"delta_histogram": "../hist.png"}, "relative path"),
         ({"zero_delta_prompts": 5000}, "between 0 and measured_prompts"),
         ({"split_rows": {}}, "split_rows is empty"),
+        ({"split_bytes": {"test": 10}}, "split_bytes['test'] must be an int >= 0 for a split in split_rows"),
+        ({"split_bytes": {"train": -1}}, "split_bytes['train'] must be"),
         ({"sources": []}, "sources is empty"),
         ({"colour": "red"}, "unknown key"),
         ({"stage_counts": [{"stage": "x", "rows_in": 1}]}, "stage_counts item"),
@@ -255,12 +257,13 @@ def _png(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def write_dataset_folder(folder: Path, split_rows: dict[str, int]) -> dict:
-    """A small assembled folder: data/<split>-*.parquet, an image, and the card."""
+def write_dataset_folder(folder: Path, split_rows: dict[str, int], card_rows: dict[str, int] | None = None) -> dict:
+    """A small assembled folder: data/<split>-*.parquet, an image, and the card (which
+    claims ``card_rows`` rows per split when given, to test that they are checked)."""
     (folder / "data").mkdir(parents=True)
     (folder / "assets").mkdir()
     (folder / "assets" / "delta_histogram.png").write_bytes(_png(9))
-    k = 0
+    k, split_bytes = 0, {}
     for split, n in split_rows.items():
         rows = []
         for _ in range(n):
@@ -281,7 +284,9 @@ def write_dataset_folder(folder: Path, split_rows: dict[str, int]) -> dict:
             k += 1
         table = rows_to_table(rows, STAGE_FIELDS)
         pq.write_table(table, folder / "data" / f"{split}-00000-of-00001.parquet")
-    info = base_info(split_rows=split_rows, features=hf_features(table.schema))
+        split_bytes[split] = table.nbytes
+    info = base_info(split_rows=card_rows or split_rows, split_bytes=split_bytes,
+                     features=hf_features(table.schema))
     (folder / "README.md").write_text(render_card(info), encoding="utf-8")
     return info
 
@@ -299,3 +304,10 @@ def test_card_configs_load_the_folder_with_datasets(tmp_path):
     row = ds["validation"][0]
     assert row["image"].size == (8 + 5 % 5, 6) and row["question"] == "What is bar 5?"
     assert row["teacher_answers"] == ["5", "x"]
+    # datasets keeps the card's split sizes (it drops them without num_bytes) and checks them.
+    assert ds["train"].info.splits["validation"].num_examples == 2
+
+    wrong = tmp_path / "wrong"
+    write_dataset_folder(wrong, {"train": 5, "validation": 2}, card_rows={"train": 6, "validation": 2})
+    with pytest.raises(datasets.exceptions.NonMatchingSplitsSizesError):
+        datasets.load_dataset(str(wrong), cache_dir=str(tmp_path / "cache2"))
