@@ -58,7 +58,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import httpx2
+import huggingface_hub
+import huggingface_hub.constants
+import pytest
 import yaml
+from huggingface_hub.utils._http import default_client_factory
 
 # Extensions the Hub's default .gitattributes sends through LFS (the ones a dataset has).
 LFS_EXTENSIONS = (".parquet", ".arrow", ".png", ".jpg", ".jpeg", ".webp", ".bin", ".zip", ".gz")
@@ -784,3 +789,27 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
             return 206, data[start:end], headers
         return 200, data, headers
+
+
+# --- the real client, pointed at a stand-in -------------------------------------------------
+@pytest.fixture
+def real_client_for_standin(monkeypatch, tmp_path):
+    """Real client, xet off, every request bounded by a timeout, no real login leaking in."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    # tests/conftest.py turns the Hub off for every other test; the stand-in is local.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")  # for child processes
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    monkeypatch.setattr(
+        huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-login-token")
+    )
+    # huggingface_hub's shared client has no timeout by default: bound every request here.
+    huggingface_hub.set_client_factory(
+        lambda: httpx2.Client(follow_redirects=True, timeout=httpx2.Timeout(20.0))
+    )
+    yield
+    huggingface_hub.set_client_factory(default_client_factory)

@@ -24,44 +24,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
-from huggingface_hub.utils._http import default_client_factory
 from PIL import Image
 
 from pipeline import hub
 from pipeline.card import render_card
 from pipeline.hub import PushError, push_dataset_folder
 from pipeline.schema import hf_features, make_prompt_row, rows_to_table
-from tests.hub_standin import HubStandIn
+from tests.hub_standin import HubStandIn, real_client_for_standin  # noqa: F401 (fixture)
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("real_client_for_standin")]
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "hf_standinSECRETtoken0123456789abcdef"
 REPO_ID = "me/deltaprompts-demo"
 LFS_SUFFIXES = (".parquet", ".png")
-
-
-@pytest.fixture(autouse=True)
-def plain_bounded_client(monkeypatch, tmp_path):
-    """Real client, xet off, every request bounded by a timeout, no real login leaking in."""
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
-    # tests/conftest.py turns the Hub off for every other test; the stand-in is local.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")  # for child processes
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    monkeypatch.delenv("HF_ENDPOINT", raising=False)
-    monkeypatch.setattr(
-        huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-login-token")
-    )
-    # huggingface_hub's shared client has no timeout by default: bound every request here.
-    huggingface_hub.set_client_factory(
-        lambda: httpx2.Client(follow_redirects=True, timeout=httpx2.Timeout(20.0))
-    )
-    yield
-    huggingface_hub.set_client_factory(default_client_factory)
 
 
 @pytest.fixture

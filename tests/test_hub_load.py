@@ -24,21 +24,17 @@ import sys
 from pathlib import Path
 
 import datasets
-import httpx2
-import huggingface_hub
-import huggingface_hub.constants
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from huggingface_hub.utils._http import default_client_factory
 
 from pipeline.card import render_card
 from pipeline.hub import push_dataset_folder
 from pipeline.schema import PROMPT_COLUMNS, hf_features, make_prompt_row, rows_to_table
 from tests.engine_fixtures import image_bytes, make_image
-from tests.hub_standin import READS, HubStandIn
+from tests.hub_standin import READS, HubStandIn, real_client_for_standin  # noqa: F401 (fixture)
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("real_client_for_standin")]
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "hf_standinREADtoken0123456789abcdef"
@@ -84,23 +80,6 @@ else:
         "outside": outside,
     }))
 """
-
-
-@pytest.fixture(autouse=True)
-def push_client(monkeypatch, tmp_path):
-    """The push runs in this process: real client, xet off, bounded, no real login."""
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the stand-in is local
-    monkeypatch.setattr(
-        huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-login-token")
-    )
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT"):
-        monkeypatch.delenv(name, raising=False)
-    huggingface_hub.set_client_factory(
-        lambda: httpx2.Client(follow_redirects=True, timeout=httpx2.Timeout(20.0))
-    )
-    yield
-    huggingface_hub.set_client_factory(default_client_factory)
 
 
 @pytest.fixture
