@@ -111,16 +111,19 @@ def assembled_folder(root: Path, shards: dict[str, list[list[dict]]]) -> Path:
     """The Hub layout `assemble` writes (data/<split>-XXXXX-of-YYYYY.parquet + a card)."""
     folder = root / "dataset"
     (folder / "data").mkdir(parents=True)
+    split_bytes: dict[str, int] = {}
     for split, parts in shards.items():
         for i, rows in enumerate(parts):
             table = rows_to_table(rows, STAGE_FIELDS)
             name = f"{split}-{i:05d}-of-{len(parts):05d}.parquet"
             pq.write_table(table, folder / "data" / name, compression="zstd")
+            split_bytes[split] = split_bytes.get(split, 0) + table.nbytes
     card = render_card(
         {
             "teacher": "teacher-tiny",
             "student": "student-tiny",
             "split_rows": {s: sum(len(p) for p in parts) for s, parts in shards.items()},
+            "split_bytes": split_bytes,
             "features": hf_features(table.schema),
             "stage_counts": [{"stage": "filter", "rows_in": 9, "rows_out": 7}],
             "sources": [{"name": "chartqa", "license": "gpl-3.0"}],
@@ -202,6 +205,10 @@ def test_load_prompts_reads_a_pushed_dataset_by_hub_id(tmp_path, standin):
         assert f"/datasets/{REPO_ID}/resolve/{report.commit_oid}/data/{name}" in downloads
     # Nothing outside the stand-in but the dataset viewer, which datasets may ask for.
     assert all(h.startswith("datasets-server.") for h in got["outside"]), got["outside"]
+
+    missing = load_by_id(tmp_path, standin, REPO_ID, "test")  # a split the dataset lacks
+    assert missing["error_type"] == "ValueError", missing
+    assert REPO_ID in missing["error"] and "test" in missing["error"]
 
 
 def test_an_unknown_hub_id_is_a_clear_file_not_found(tmp_path, standin):
