@@ -61,8 +61,8 @@ class EvalConfig:
             if mode not in MATCH_MODES:
                 raise ValueError(f"{where}: unknown match mode {mode!r}; use one of {MATCH_MODES}")
 
-    def mode_for(self, source: str | None) -> str:
-        return self.match_by_source.get(source or "", self.match_mode)
+    def mode_for(self, source: str) -> str:
+        return self.match_by_source.get(source, self.match_mode)
 
 
 @dataclass
@@ -144,12 +144,12 @@ def evaluate(generate: Generator, rows: Iterable[dict[str, Any]], cfg: EvalConfi
         for row, (text, truncated) in zip(chunk, outputs):
             choices = list(row.get("choices") or []) or None
             golds = gold_answers(row)
-            mode = cfg.mode_for(row.get("source"))
+            source = row.get("source") or row.get("type") or "unknown"
+            mode = cfg.mode_for(source)
             pred = None if text is None else extract_answer(text, choices, truncated=truncated)
             score = score_answer(pred, golds, mode, choices)
             report.errors += text is None
             report.no_answer += text is not None and pred is None
-            source = row.get("source") or row.get("type") or "unknown"
             report.match_modes[source] = mode
             for key, name in (("skill", row.get("skill") or "unknown"), ("source", source)):
                 sums[key][name][0] += score
