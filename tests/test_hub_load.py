@@ -211,6 +211,21 @@ def test_load_prompts_reads_a_pushed_dataset_by_hub_id(tmp_path, standin):
     assert REPO_ID in missing["error"] and "test" in missing["error"]
 
 
+def test_a_hub_id_at_a_commit_reads_that_commit(tmp_path, standin):
+    first, second = prompt_rows("train", 2, 0), prompt_rows("train", 3, 10)
+    pushed = push_dataset_folder(assembled_folder(tmp_path / "v1", {"train": [first]}), REPO_ID,
+                                 token=TOKEN, endpoint=standin.endpoint)
+    push_dataset_folder(assembled_folder(tmp_path / "v2", {"train": [second]}), REPO_ID,
+                        token=TOKEN, endpoint=standin.endpoint)
+    standin.clear_calls()
+
+    latest = load_by_id(tmp_path, standin, REPO_ID)
+    pinned = load_by_id(tmp_path, standin, f"{REPO_ID}@{pushed.commit_oid}")
+    assert latest["rows"] == [as_loaded(r) for r in second]
+    assert pinned["rows"] == [as_loaded(r) for r in first]
+    only_known_reads(standin)
+
+
 def test_an_unknown_hub_id_is_a_clear_file_not_found(tmp_path, standin):
     got = load_by_id(tmp_path, standin, "me/no-such-dataset")
 

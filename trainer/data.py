@@ -8,7 +8,9 @@
 * a local folder of Parquet shards, read recursively: in the Hub layout
   (``data/<split>-00000-of-00002.parquet``, what assemble writes) only ``split``'s files,
   otherwise (a stage folder of ``shard-*.parquet``) every file;
-* otherwise a Hugging Face Hub dataset id, loaded with ``datasets.load_dataset``.
+* otherwise a Hugging Face Hub dataset id, loaded with ``datasets.load_dataset``;
+  ``user/name@REV`` pins a branch, tag or commit (a run that names the commit it trained
+  on can be repeated after the dataset moves on).
 
 Rows follow the canonical prompt schema (pipeline/schema.py); only ``image`` and
 ``question`` are required. ``select_prompts`` then applies equality filters and draws a
@@ -115,8 +117,9 @@ def load_prompts(source: str, split: str = "train"):
     elif Path(source).exists():
         raise ValueError(f"{source} is a file but not Parquet; give a Parquet file, glob or dataset folder")
     else:
+        repo_id, _, revision = source.partition("@")
         try:
-            ds = datasets.load_dataset(source, split=split)
+            ds = datasets.load_dataset(repo_id, split=split, revision=revision or None)
         except FileNotFoundError as e:  # datasets' DatasetNotFoundError and DataFilesNotFoundError
             raise FileNotFoundError(
                 f"{source!r} is not a local path and could not be loaded from the Hub "

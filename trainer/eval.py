@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="model folder or Hub id; repeat to compare (e.g. before=DIR after=DIR)")
     p.add_argument("--data", required=True,
                    help="held-out prompts: Parquet file or glob, dataset folder (save_to_disk or "
-                   "Parquet shards) or Hub dataset id")
+                   "Parquet shards) or Hub dataset id (user/name[@revision])")
     p.add_argument("--split", default="test", help="split of a saved DatasetDict or Hub dataset (default test)")
     p.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
     p.add_argument("--n", type=int, default=None, help="first n rows with gold answers only")

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="deltaprompts train offpolicy", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="built dataset folder, Parquet glob or Hub id")
+    p.add_argument("--data", required=True, help="built dataset folder, Parquet glob or Hub id (user/name[@revision])")
     p.add_argument("--split", default="train")
     p.add_argument("--config", help="YAML with SFTConfig fields (or an `sft:` section)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

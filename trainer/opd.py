@@ -84,7 +84,7 @@ class OPDConfig:
     # models and data
     student: str = ""  # checkpoint folder (or Hub id) of the student to train
     teacher: str = ""  # checkpoint folder (or Hub id) of the teacher; same tokenizer
-    data: str = ""  # saved dataset folder, Parquet glob / folder, or Hub id (trainer/data.py)
+    data: str = ""  # saved dataset folder, Parquet glob / folder, or Hub id[@revision] (trainer/data.py)
     data_split: str = "train"
     where: dict[str, Any] = field(default_factory=dict)  # column -> value or list of values
     num_prompts: int | None = None  # train on a seeded sample of this many prompts (equal-size arms)
