@@ -33,11 +33,21 @@ status: setup
 push: setup
 	$(DP) push --run $(if $(RUN),$(RUN),demo) --repo-id $(REPO_ID) $(ARGS)
 
-train: setup
-	$(DP) train --config $(CONFIG) $(RUNARG) $(ARGS)
+# After `make demo`: distil the student on the demo's high-Δ set (OPD; ARGS="--set mode=va_opd"
+# for VA-OPD), then compare it with the untrained student on held-out chart-world questions.
+TRAIN_CONFIG ?= configs/opd.yaml
+HELDOUT      ?= data/chartworld-heldout
+BEFORE       ?= models/chartworld/student
+AFTER        ?= runs/opd-demo/final
 
-eval: setup
-	$(DP) eval --config $(CONFIG) $(RUNARG) $(ARGS)
+train: setup
+	$(DP) train opd --config $(TRAIN_CONFIG) $(ARGS)
+
+$(HELDOUT): | setup
+	$(PY) -m seeds.chartworld --out $(HELDOUT) --n 2000 --seed 2
+
+eval: setup $(HELDOUT)
+	$(DP) eval --model before=$(BEFORE) --model after=$(AFTER) --data $(HELDOUT) --out runs/eval-demo $(ARGS)
 
 bench: setup
 	$(PY) -m benchmarks $(ARGS)
