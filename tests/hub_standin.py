@@ -70,6 +70,9 @@ LFS_EXTENSIONS = (".parquet", ".arrow", ".png", ".jpg", ".jpeg", ".webp", ".bin"
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024  # the Hub puts larger files in LFS whatever their name
 
 _REPO = r"(?P<repo>[^/]+/[^/]+?)"
+_RESOLVE = re.compile(
+    rf"^/(?:(?P<type>datasets|spaces)/)?{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"
+)
 ROUTES: list[tuple[str, str, re.Pattern]] = [
     ("POST", "create_repo", re.compile(r"^/api/repos/create$")),
     ("POST", "validate_yaml", re.compile(r"^/api/validate-yaml$")),
@@ -107,20 +110,8 @@ ROUTES: list[tuple[str, str, re.Pattern]] = [
         "paths_info",
         re.compile(rf"^/api/(?P<type>[a-z]+)s/{_REPO}/paths-info/(?P<rev>[^/]+)$"),
     ),
-    (
-        "HEAD",
-        "resolve",
-        re.compile(
-            rf"^/(?:(?P<type>datasets|spaces)/)?{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"
-        ),
-    ),
-    (
-        "GET",
-        "resolve",
-        re.compile(
-            rf"^/(?:(?P<type>datasets|spaces)/)?{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"
-        ),
-    ),
+    ("HEAD", "resolve", _RESOLVE),  # a HEAD answer is the GET's headers without the body
+    ("GET", "resolve", _RESOLVE),
 ]
 # Pre-signed on the real Hub (S3), so the client sends no token there.
 UNAUTHENTICATED = {"lfs_upload"}
