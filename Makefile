@@ -47,16 +47,16 @@ $(HELDOUT): | setup
 	$(PY) -m seeds.chartworld --out $(HELDOUT) --n 2000 --seed 2
 
 eval: setup $(HELDOUT)
-	$(DP) eval --model before=$(BEFORE) --model after=$(AFTER) --data $(HELDOUT) --out runs/eval-demo $(ARGS)
+	$(DP) eval --model before=$(BEFORE) --model after=$(AFTER) --data $(HELDOUT) --config $(CONFIG) --out runs/eval-demo $(ARGS)
 
 bench: setup
 	$(PY) -m benchmarks $(ARGS)
 
 tiny-models: setup
-	$(PY) -m pipeline.tiny_models --out models/tiny
+	$(PY) -m tools.tiny_models --out models/tiny
 
 toy-models: setup
-	$(PY) -m seeds.chartworld.train_toys --out models/chartworld $(ARGS)
+	$(PY) -m tools.train_toys --out models/chartworld $(ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check pipeline stages seeds trainer tests benchmarks
+	$(VENV)/bin/ruff check pipeline stages seeds trainer tools tests benchmarks

@@ -1,7 +1,7 @@
 """Adaptive Δ sampling against full-N sampling, on simulated answer distributions.
 
 Question: if each model first draws k answers, then ``step`` more per round, and we stop as
-soon as either rule of pipeline/delta.py fires (both sides unanimous on the same answer
+soon as either rule of pipeline/sampling/policy.py fires (both sides unanimous on the same answer
 over at least u answers each; or the zero-delta decision full-N sampling would make is
 already fixed whatever the remaining draws are), how many samples do we save, and how
 often does the decision differ from the one full-N sampling would have made?
@@ -50,14 +50,14 @@ Mixtures are weighted averages of the per-family figures (exact, no resampling):
 * ``balanced``: 40/15/15/15/15;
 * ``hard``: a mined set of student failures: 15/15/30/25/15.
 
-The fixed-decision test itself is the library's (``pipeline.delta.fixed_decision_counts``,
+The fixed-decision test itself is the library's (``pipeline.sampling.policy.fixed_decision_counts``,
 called once per distinct count profile); the vectorised round schedule is checked against
-the library: a subsample is rerun through ``pipeline.delta.adaptive_delta`` (string
+the library: a subsample is rerun through ``pipeline.sampling.policy.adaptive_delta`` (string
 answers, None for the "no answer" class) and must give the same decisions, sample counts
 per side and stop reasons.
 
 The default (k, u, step) is chosen from the easy mixture by :func:`choose_default` and
-reported in the "Reading" section; DeltaConfig ships it (the run warns if they differ).
+reported in the "Reading" section; the config (AdaptivePolicy's defaults) ships it (the run warns if they differ).
 
 Run:  PYTHONPATH=. python benchmarks/bench_adaptive.py [--prompts 20000] [--n 8]
           [--us 2 3 4 5 6] [--firsts 1 2] [--steps 1 2 8] [--check 40]
@@ -75,7 +75,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.delta import DeltaConfig, adaptive_delta, divergence, fixed_decision_counts
+from pipeline.core.config import DeltaConfig
+from pipeline.core.divergence import divergence
+from pipeline.sampling.policy import AdaptivePolicy, adaptive_delta, fixed_decision_counts
 
 K_MAX = 7  # answer classes per prompt; class K_MAX-1 plays "no answer"
 
@@ -203,7 +205,7 @@ def simulate_policy(
 ) -> dict:
     """One policy on the pre-drawn streams; per-prompt outcomes plus their means.
 
-    Mirrors pipeline.delta: round 1 brings each side to k; after each round a prompt stops
+    Mirrors pipeline.sampling.policy: round 1 brings each side to k; after each round a prompt stops
     when both sides hold >= u answers all of one class (unanimity) or, with
     ``decided_rule``, when the full-N decision is fixed; otherwise it draws ``step`` more
     per side, or exactly up to u while both sides are still all one class. The previous
@@ -335,7 +337,7 @@ def _label(c: int) -> str | None:
 def cross_check(
     streams: tuple, n: int, grid: list[dict], threshold: float, limit: int
 ) -> dict:
-    """Rerun prompts through pipeline.delta.adaptive_delta (new policy cells only); count
+    """Rerun prompts through pipeline.sampling.policy.adaptive_delta (new policy cells only); count
     prompts whose decision, samples per side or stop reason differ from the simulation."""
     ts, ss, _, per_prompt = streams
     m = min(limit, ts.shape[0])
@@ -346,21 +348,19 @@ def cross_check(
     for p in grid:
         if p["policy"] != NEW:
             continue
-        cfg = DeltaConfig(
-            n=n, k=p["k"], unanimous_k=p["u"], step=p["step"], threshold=threshold,
-            bootstrap=0,
-        )
+        cfg = AdaptivePolicy(n=n, k=p["k"], unanimous_k=p["u"], step=p["step"], threshold=threshold)
+        no_ci = DeltaConfig(threshold=threshold, bootstrap=0)
         for scenario in SCENARIOS:
             sim = per_prompt[_key(p, scenario)]
             for i in range(m):
                 pos = {"teacher": 0, "student": 0}
                 if scenario == "fresh":
                     draw = _stream_reader({"teacher": labels_t[i], "student": labels_s[i]}, pos)
-                    rep = adaptive_delta(draw, cfg)
+                    rep = adaptive_delta(draw, cfg, no_ci)
                     n_s = pos["student"]
                 else:
                     draw = _stream_reader({"teacher": labels_t[i], "student": []}, pos)
-                    rep = adaptive_delta(draw, cfg, student_answers=labels_s[i])
+                    rep = adaptive_delta(draw, cfg, no_ci, student_answers=labels_s[i])
                     n_s = rep["n_student"]
                 checked += 1
                 if (
@@ -620,7 +620,7 @@ def write_markdown(
         "",
         (
             f"Library cross-check: {cc['checked']} (prompt, setting, scenario) runs through "
-            f"`pipeline.delta.adaptive_delta`, {cc['mismatches']} mismatches with the simulation "
+            f"`pipeline.sampling.policy.adaptive_delta`, {cc['mismatches']} mismatches with the simulation "
             "(decision, samples per side, stop reason). Every fixed-decision stop of the "
             "simulation (all settings and thresholds) was checked against the full-N decision: "
             "none differs."
@@ -805,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
             for t in args.other_thresholds
         },
     }
-    shipped = DeltaConfig()
+    shipped = AdaptivePolicy()
     meta = {
         "command": (
             "PYTHONPATH=. python benchmarks/bench_adaptive.py "
@@ -841,7 +841,7 @@ def main(argv: list[str] | None = None) -> int:
         (shipped.k, shipped.unanimous_k, shipped.step) != want
     ):
         print(
-            f"note: DeltaConfig ships k={shipped.k}, unanimous_k={shipped.unanimous_k}, "
+            f"note: the config ships k={shipped.k}, unanimous_k={shipped.unanimous_k}, "
             f"step={shipped.step}; the measurements choose k={want[0]}, unanimous_k={want[1]}, "
             f"step={want[2]}",
             file=sys.stderr,

@@ -10,7 +10,7 @@ differ only in how the n samples are obtained:
 * prefill-once: ``TransformersEngine.sample`` prefills each prompt once and repeats the KV
   cache n times.
 
-The model is a random-weight Qwen3-VL built offline by ``pipeline.tiny_models`` at the
+The model is a random-weight Qwen3-VL built offline by ``tools.tiny_models`` at the
 size given on the command line (the real checkpoints cannot be downloaded here). Results
 go to ``benchmarks/results/engines.md`` and ``engines.json``.
 
@@ -30,10 +30,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+from PIL import Image, ImageDraw
+
+from pipeline.engines import EngineConfig, build_engine
+from pipeline.sampling.prompts import build_request
+from tools.tiny_models import build_tiny_qwen3vl, build_tokenizer
+
 
 def chart_image(seed: int, size: int):
     """A synthetic bar chart (distinct per seed) so every prompt has its own image."""
-    from PIL import Image, ImageDraw
 
     rng = random.Random(seed)
     img = Image.new("RGB", (size, size), "white")
@@ -56,8 +62,6 @@ QUESTIONS = [
 
 
 def build_model(out_dir: Path, args) -> Path:
-    from pipeline.tiny_models import build_tiny_qwen3vl, build_tokenizer
-
     return build_tiny_qwen3vl(
         out_dir,
         build_tokenizer(vocab_size=args.vocab_size),
@@ -75,7 +79,6 @@ def build_model(out_dir: Path, args) -> Path:
 
 def run_plain_generate(engine, requests, n: int, tokens: int) -> int:
     """``generate(num_return_sequences=n)`` over the engine's own batches; output tokens."""
-    import torch
 
     prepared, errors = engine.prepare_all(requests)
     assert not errors, errors
@@ -129,10 +132,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="benchmarks/results/engines")
     args = parser.parse_args(argv)
 
-    import torch
-
-    from pipeline.engines import EngineConfig, Request, build_engine, user_message
-
     if args.threads:
         torch.set_num_threads(args.threads)
     tmp = tempfile.TemporaryDirectory()
@@ -148,11 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     params = sum(p.numel() for p in engine.model.parameters())
     vision = sum(p.numel() for p in engine.model.model.visual.parameters())
     requests = [
-        Request(
-            messages=user_message(QUESTIONS[i % len(QUESTIONS)]),
-            images=[chart_image(i, args.image_size)],
-            id=f"p{i}",
-        )
+        build_request(QUESTIONS[i % len(QUESTIONS)], chart_image(i, args.image_size), id=f"p{i}")
         for i in range(args.prompts)
     ]
     prompt_tokens = [engine.prepare(r, i).length for i, r in enumerate(requests)]
@@ -204,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "model": {
             "family": "Qwen3-VL (Qwen3VLForConditionalGeneration), random weights",
-            "source": str(args.model) if args.model else "pipeline.tiny_models.build_tiny_qwen3vl",
+            "source": str(args.model) if args.model else "tools.tiny_models.build_tiny_qwen3vl",
             "params": params,
             "vision_params": vision,
             "dtype": str(engine.dtype).replace("torch.", ""),

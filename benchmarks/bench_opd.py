@@ -28,6 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from seeds.chartworld.spec import WorldConfig
+from seeds.chartworld.writer import write_seed_set
+from trainer.config import OPDConfig
+from trainer.opd import train_opd
+
 # (mode, loss, beta): the trainer's default loss, and the paper's full-vocabulary reverse KL.
 VARIANTS = [("opd", "reverse_kl", 1.0), ("opd", "gjsd", 1.0),
             ("va_opd", "reverse_kl", 1.0), ("va_opd", "gjsd", 1.0)]
@@ -35,8 +42,6 @@ FIELDS = ("tokens", "completion_len", "gen_s", "step_s", "tokens_per_s")
 
 
 def measure(variant: tuple[str, str, float], data: Path, models: Path, work: Path, a) -> dict:
-    from trainer.opd import OPDConfig, train_opd
-
     mode, loss, beta = variant
     out = work / f"{mode}-{loss}"
     cfg = OPDConfig(student=str(models / "student"), teacher=str(models / "teacher"), data=str(data),
@@ -92,8 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.steps < 2:
         p.error("--steps must be >= 2: the first step is warm-up and is not measured")
-    from seeds.chartworld.spec import WorldConfig
-    from seeds.chartworld.writer import write_seed_set
 
     t0 = time.time()
     load_before = " / ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -104,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         for variant in VARIANTS:
             rows.append(measure(variant, data, Path(a.models), Path(tmp), a))
             print(json.dumps(rows[-1]), flush=True)
-    import torch
 
     gpu = torch.cuda.is_available()
     meta = {"device": torch.cuda.get_device_name() if gpu else "cpu", "dtype": "bf16" if gpu else "fp32",

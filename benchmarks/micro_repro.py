@@ -28,6 +28,15 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.engines import EngineConfig, build_engine
+from trainer.config import OPDConfig
+from trainer.eval import EvalConfig, engine_generator, evaluate
+from trainer.opd import train_opd
+
 ARMS = {
     "high_delta": {"data": "05-filter", "where": {}, "mode": "opd"},
     "random": {"data": "04-delta", "where": {}, "mode": "opd"},
@@ -37,10 +46,6 @@ ARMS = {
 
 
 def pool_size(run: Path, spec: dict) -> int:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     files = sorted((run / spec["data"]).glob("shard-*.parquet"))
     if not files:
         return 0
@@ -52,18 +57,12 @@ def pool_size(run: Path, spec: dict) -> int:
 
 
 def evaluate_model(model: str, rows: list[dict], max_tokens: int, instruction: str | None) -> dict:
-    from pipeline.engines import EngineConfig, build_engine
-    from trainer.eval import EvalConfig, engine_generator, evaluate
-
     cfg = EvalConfig(max_tokens=max_tokens, batch_size=64, instruction=instruction)
     with build_engine(EngineConfig(engine="transformers", model=model, batch_size=64)) as eng:
         return evaluate(engine_generator(eng, cfg), rows, cfg).summary()
 
 
 def main(argv: list[str] | None = None) -> int:
-    import pyarrow.parquet as pq
-
-    from trainer.opd import OPDConfig, train_opd
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="pipeline run folder with 04-delta and 05-filter")

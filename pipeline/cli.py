@@ -2,26 +2,44 @@
 
 Every subcommand takes `--config FILE` plus `key.sub=value` overrides, e.g.
 
-    deltaprompts run --config configs/demo.yaml --stages 1-3 delta.n=4
+    deltaprompts run --config configs/demo.yaml --stages 1-3 sampling.n=4
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
 import sys
 from pathlib import Path
 
-from pipeline.configschema import ConfigError
+from pipeline.audit import run_audit
+from pipeline.core.config import RunConfig, load_config
+from pipeline.core.errors import ConfigError, UserError
+from pipeline.data.hub import PushError, push_dataset_folder
+from pipeline.runner.run import Manifest, run_stages, stage_status
+from pipeline.runner.stage import Stage
+from pipeline.sampling.measure import summary_text
+from stages import REGISTRY
 
-EPILOG = """\
-stages: 1 ingest, 2 mine, 3 rewrite, 4 delta, 5 filter, 6 assemble.
-Each stage reads the previous stage's shards under runs/<run>/NN-<stage>/ and writes its
-own; rerunning resumes (complete shards are skipped). If a stage's config or inputs
-changed, it refuses unless --recompute is given.
-"""
+EPILOG = (
+    "stages: " + ", ".join(f"{s.number} {s.name}" for s in REGISTRY) + ".\n"
+    "Each stage reads the previous stage's shards under runs/<run>/NN-<stage>/ and writes its\n"
+    "own; rerunning resumes (complete shards are skipped). If a stage's config or inputs\n"
+    "changed, it refuses unless --recompute is given.\n"
+)
+
+# The trainers run only when asked: their modules import torch and transformers, which
+# `status` or `--help` must not wait for (the one first-party import by name; see
+# ARCHITECTURE.md).
+TRAINERS = {
+    "opd": ("trainer.opd", "on-policy distillation / VA-OPD (--config YAML, --set key=value)"),
+    "sft": ("trainer.sft", "supervised fine-tuning on a Parquet of question/image/target rows"),
+    "offpolicy": ("trainer.offpolicy", "off-policy fine-tuning of the student on the teacher's "
+                  "sampled answers in a built dataset"),
+}
 
 
 def parse_stage_range(text: str) -> list[int]:
@@ -43,54 +61,49 @@ def parse_stage_range(text: str) -> list[int]:
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", required=True, help="run config YAML (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                   help="config overrides, value parsed as YAML (e.g. delta.n=4)")
+                   help="config overrides, value parsed as YAML (e.g. sampling.n=4)")
 
 
-def _load(args):
-    from pipeline.config import load_config
-
+def _load(args) -> RunConfig:
     return load_config(args.config, args.overrides)
 
 
-def _run_stages(cfg, numbers: list[int], recompute: bool) -> int:
-    from pipeline.run import run_lock, run_stage
-    from stages import all_stages, load_stage
+def stage_printer(cfg: RunConfig):
+    """The ``on_done`` of run_stages that prints one line per stage as it ends."""
 
-    by_name = all_stages()
-    with run_lock(cfg.run_dir):
-        for n in numbers:
-            stage = load_stage(n)
-            if not stage.enabled(cfg):
-                print(f"{stage.dirname}: disabled in config, skipped")
-                continue
-            man = run_stage(cfg, stage, by_name, recompute=recompute)
-            skipped = sum(man.skipped.values())
-            print(f"{stage.dirname}: {man.rows} rows, {skipped} skipped, "
-                  f"{man.shards_total} shards, {man.seconds:.1f}s -> {cfg.run_dir / stage.dirname}")
-    return 0
+    def say(stage: Stage, man: Manifest | None) -> None:
+        if man is None:
+            print(f"{stage.dirname}: disabled in config, skipped")
+            return
+        print(f"{stage.dirname}: {man.rows} rows, {sum(man.skipped.values())} skipped, "
+              f"{man.shards_total} shards, {man.seconds:.1f}s -> {cfg.run_dir / stage.dirname}")
+    return say
 
 
 def cmd_run(args) -> int:
     cfg = _load(args)
-    return _run_stages(cfg, parse_stage_range(args.stages), args.recompute)
+    run_stages(cfg, parse_stage_range(args.stages), REGISTRY, recompute=args.recompute,
+               on_done=stage_printer(cfg))
+    return 0
 
 
 def cmd_stage(args) -> int:
     cfg = _load(args)
-    return _run_stages(cfg, [args.number], args.recompute)
+    run_stages(cfg, [args.number], REGISTRY, recompute=args.recompute, on_done=stage_printer(cfg))
+    return 0
+
+
+def _run_dir(run: str, root: str) -> Path:
+    p = Path(run)
+    return p if p.is_dir() else Path(root) / run
 
 
 def cmd_status(args) -> int:
-    from pipeline.run import stage_status
-    from stages import all_stages
-
-    run_dir = Path(args.run)
-    if not run_dir.is_dir():
-        run_dir = Path(args.root) / args.run
+    run_dir = _run_dir(args.run, args.root)
     if not run_dir.is_dir():
         print(f"no run folder {args.run} (looked in . and {args.root}/)", file=sys.stderr)
         return 2
-    rows = [stage_status(run_dir, st) for st in sorted(all_stages().values(), key=lambda s: s.number)]
+    rows = [stage_status(run_dir, st) for st in REGISTRY]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -106,20 +119,14 @@ def cmd_status(args) -> int:
     return 0
 
 
-def _run_dir(run: str, root: str) -> Path:
-    p = Path(run)
-    return p if p.is_dir() else Path(root) / run
-
-
 def cmd_audit(args) -> int:
-    from pipeline.audit import run_audit, summary_text
-
     cfg = _load(args)
     if cfg.models is None:
         raise ConfigError("audit needs models.teacher and models.student in the config")
-    data = args.data or str(cfg.run_dir / "01-ingest" / "shard-*.parquet")
+    data = args.data or str(cfg.run_dir / REGISTRY.by_name("ingest").dirname / "shard-*.parquet")
     out = Path(args.out) if args.out else cfg.run_dir / "audit"
-    summary = run_audit(data, cfg.models.teacher, cfg.models.student, cfg.delta, out, limit=args.limit)
+    summary = run_audit(data, cfg.models.teacher, cfg.models.student, cfg.sampling, cfg.delta, out,
+                        limit=args.limit, match_mode=cfg.mine.grading)
     print(f"audit of {data}")
     print(summary_text(summary))
     print(f"summary: {out / 'audit.json'}; histogram: {out / 'delta_hist.png'}")
@@ -127,11 +134,10 @@ def cmd_audit(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from pipeline.hub import PushError, push_dataset_folder
-
-    folder = _run_dir(args.run, args.root) / "06-assemble" / "dataset"
+    folder = _run_dir(args.run, args.root) / REGISTRY.last().dirname / "dataset"
     if not folder.is_dir():
-        print(f"error: {folder} does not exist; run stage 6 (assemble) first", file=sys.stderr)
+        print(f"error: {folder} does not exist; run stage {REGISTRY.last().number} "
+              f"({REGISTRY.last().name}) first", file=sys.stderr)
         return 2
     try:
         report = push_dataset_folder(folder, args.repo_id, private=args.private, dry_run=args.dry_run,
@@ -143,25 +149,14 @@ def cmd_push(args) -> int:
     return 0
 
 
-TRAINERS = {
-    "opd": ("trainer.opd", "on-policy distillation / VA-OPD (--config YAML, --set key=value)"),
-    "sft": ("trainer.sft", "supervised fine-tuning on a Parquet of question/image/target rows"),
-    "offpolicy": ("trainer.offpolicy", "off-policy fine-tuning of the student on the teacher's "
-                  "sampled answers in a built dataset"),
-}
-
-
 def cmd_train(args) -> int:
-    import importlib
-
     module = importlib.import_module(TRAINERS[args.kind][0])
     return module.main(args.args) or 0
 
 
 def cmd_eval(args) -> int:
-    from trainer.eval import main as eval_main
-
-    return eval_main(args.args) or 0
+    module = importlib.import_module("trainer.eval")
+    return module.main(args.args) or 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,14 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a range of stages (default: all)", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_args(p)
-    p.add_argument("--stages", default="1-6", help="stages to run, e.g. 1-3 or 2,4-6 (default 1-6)")
+    p.add_argument("--stages", default=f"{REGISTRY.numbers[0]}-{REGISTRY.numbers[-1]}",
+                   help="stages to run, e.g. 1-3 or 2,4-6 (default: all)")
     p.add_argument("--recompute", action="store_true",
                    help="discard a stage's results made with another config/input and redo it")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("stage", help="run one stage", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("number", type=int, choices=range(1, 7), metavar="N", help="stage number 1-6")
+    p.add_argument("number", type=int, choices=REGISTRY.numbers, metavar="N",
+                   help=f"stage number {REGISTRY.numbers[0]}-{REGISTRY.numbers[-1]}")
     _add_config_args(p)
     p.add_argument("--recompute", action="store_true", help="discard and redo this stage")
     p.set_defaults(func=cmd_stage)
@@ -199,8 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="Δ of every prompt of an existing dataset: zero-delta "
                        "fraction overall and per source/skill, JSON summary + PNG histogram")
     _add_config_args(p)
-    p.add_argument("--data", help="Parquet file/glob or save_to_disk folder "
-                   "(default: the run's 01-ingest shards)")
+    p.add_argument("--data", help="Parquet file/glob, dataset folder or Hub id "
+                   "(default: the run's ingest shards)")
     p.add_argument("--out", help="output folder (default: runs/<run>/audit)")
     p.add_argument("--limit", type=int, help="audit only the first N prompts")
     p.set_defaults(func=cmd_audit)
@@ -230,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    # Overrides may come anywhere (`stage 2 --config f delta.n=3`): argparse binds the
+    # Overrides may come anywhere (`stage 2 --config f sampling.n=3`): argparse binds the
     # positional list early, so collect the leftover key=value words here.
     argv = sys.argv[1:] if argv is None else list(argv)
     args, extra = parser.parse_known_args(argv)
@@ -247,11 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from pipeline.run import RunError
-
     try:
         return args.func(args)
-    except (ConfigError, RunError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,17 +9,20 @@ same seed, same bytes), so a fresh clone needs no download, no GPU and no traini
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from pipeline.config import load_config
+from pipeline.cli import stage_printer
+from pipeline.core.config import RunConfig, load_config
+from pipeline.core.errors import UserError
+from pipeline.core.reports import write_json
+from pipeline.runner.run import Manifest, run_stages
+from seeds.chartworld.spec import WorldConfig
+from seeds.chartworld.writer import write_seed_set
+from stages import REGISTRY
 
 
-def ensure_chartworld_seeds(cfg, n_default: int) -> None:
-    from seeds.chartworld.spec import WorldConfig
-    from seeds.chartworld.writer import write_seed_set
-
+def ensure_chartworld_seeds(cfg: RunConfig, n_default: int) -> None:
     for src in cfg.ingest.sources:
         if src.format == "chartworld" and src.path and not Path(src.path).exists():
             n = src.limit or n_default
@@ -27,21 +30,18 @@ def ensure_chartworld_seeds(cfg, n_default: int) -> None:
             write_seed_set(src.path, WorldConfig(), n, seed=src.seed, split=src.split)
 
 
-def summary(cfg) -> dict:
-    from pipeline.run import Manifest
-    from stages import all_stages
-
+def summary(cfg: RunConfig) -> dict:
     out = {"run": str(cfg.run_dir), "stages": {}}
-    for st in sorted(all_stages().values(), key=lambda s: s.number):
+    for st in REGISTRY:
         man = Manifest.read(cfg.run_dir / st.dirname)
         if man is None:
             continue
         out["stages"][st.dirname] = {"rows": man.rows, "skipped": sum(man.skipped.values())}
-        if st.name == "delta":
-            out["zero_delta_fraction"] = man.report.get("zero_delta_fraction")
+        if "zero_delta_fraction" in man.report:
+            out["zero_delta_fraction"] = man.report["zero_delta_fraction"]
             out["delta_histogram"] = str(cfg.run_dir / st.dirname / "delta_hist.png")
-        if st.name == "assemble":
-            out["dataset"] = man.report.get("dataset")
+        if "dataset" in man.report:
+            out["dataset"] = man.report["dataset"]
     return out
 
 
@@ -52,14 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=300, help="chart-world prompts to generate")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = p.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    ensure_chartworld_seeds(cfg, args.seeds)
-
-    from pipeline.cli import main as cli_main
-
-    rc = cli_main(["run", "--config", args.config, *args.overrides])
-    if rc != 0:
-        return rc
+    try:
+        cfg = load_config(args.config, args.overrides)
+        ensure_chartworld_seeds(cfg, args.seeds)
+        run_stages(cfg, REGISTRY.numbers, REGISTRY, on_done=stage_printer(cfg))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     s = summary(cfg)
     print("\n== demo summary ==")
     for name, st in s["stages"].items():
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  zero-delta fraction of the measured prompts: {s['zero_delta_fraction']:.1%}")
         print(f"  Δ histogram: {s['delta_histogram']}")
     print(f"  dataset: {s.get('dataset')}")
-    Path(cfg.run_dir / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
+    write_json(cfg.run_dir / "summary.json", s)
     return 0
 
 

@@ -31,7 +31,7 @@ question must be a non-empty string (``bad_type`` / ``empty_question``); an answ
 a string, a number or a list of them (a lone string where a list is expected is read as a
 one-element list: its meaning is unambiguous); empty answers are ``empty_answer``.
 Raw answers are kept verbatim (the_cauldron's "Answer: B" included); extraction and
-matching belong to ``pipeline.answers``. Multiple-choice gold (MathVista, AI2D) is the
+matching belong to ``pipeline.core.answers``. Multiple-choice gold (MathVista, AI2D) is the
 option *text*; ``choices`` holds the options and ``meta`` the index/letter.
 """
 
@@ -42,25 +42,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.images import ImageError, normalize_image
-from pipeline.schema import make_prompt_row
-from seeds.sources import (
-    RecordTable,
-    Skip,
-    SourceConfig,
-    SourceError,
-    load_source,
-    select_indices,
-)
+from pipeline.core.config import SourceConfig
+from pipeline.core.errors import SourceError
+from pipeline.core.images import ImageError, normalize_image
+from pipeline.core.schema import make_prompt_row
+from seeds.sources import RecordTable, Skip, load_source, select_indices
 
-__all__ = [
-    "Skip",
-    "SourceConfig",
-    "SourceError",
-    "count_source_rows",
-    "iter_source_rows",
-    "layout_for",
-]
+__all__ = ["Skip", "count_source_rows", "iter_source_rows", "layout_for"]
 
 Item = dict | Skip
 

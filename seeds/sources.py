@@ -11,7 +11,7 @@ local cache and honours ``HF_HUB_OFFLINE``) or a local path:
 
 Records are read *raw*: image columns come back as ``{"bytes", "path"}`` dicts (or bytes /
 path strings), never decoded by ``datasets``, so each image is decoded exactly once, by
-:func:`pipeline.images.normalize_image`, with our own error handling. Local Parquet is read
+:func:`pipeline.core.images.normalize_image`, with our own error handling. Local Parquet is read
 with pyarrow row group by row group (no Arrow cache copy of a multi-GB download), so a Ray
 task that owns records [start, stop) only reads the row groups it needs.
 
@@ -24,38 +24,19 @@ from __future__ import annotations
 import bisect
 import json
 import random
-import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-from pipeline.images import DEFAULT_MAX_DECODE_PIXELS, DEFAULT_MAX_PIXELS
+import pyarrow.parquet as pq
 
-SourceFormat = Literal[
-    "chartqa_m4",
-    "chartqa_lmms",
-    "docvqa",
-    "infographicvqa",
-    "cauldron",
-    "mathvista",
-    "ai2d",
-    "chartworld",
-    "generic",
-]
-SOURCE_FORMATS: tuple[str, ...] = SourceFormat.__args__  # type: ignore[attr-defined]
+from pipeline.core.config import SourceConfig
+from pipeline.core.errors import DataError, SourceError
+from pipeline.core.lazy import lazy
+from pipeline.data.loader import Location, locate, open_hub, open_saved
 
-# Keys a `generic` source may map to its own column names.
-GENERIC_COLUMN_KEYS = ("image", "question", "answers", "choices", "skill", "id")
-
-# Stems that mark a Parquet/JSONL file as belonging to a split (Hub naming:
-# `train-00000-of-00003.parquet`, `testmini-...`); used to tell a split-less folder of
-# files from one where the asked-for split is simply absent.
-_SPLIT_STEM = re.compile(r"^(train|test|testmini|val|valid|validation|dev)([-_.]|$)")
-
-
-class SourceError(ValueError):
-    """A source that cannot be read at all (bad config, missing columns, load failure)."""
+datasets = lazy("datasets")
 
 
 @dataclass(frozen=True)
@@ -71,62 +52,6 @@ class Skip:
     reason: str
     detail: str = ""
     index: int | None = None
-
-
-@dataclass
-class SourceConfig:
-    """One seed source. Exactly one of ``hub_id`` / ``path`` must be set."""
-
-    name: str = ""  # label written to each row's `source`; default: hub id or folder name
-    format: SourceFormat = "generic"
-    hub_id: str | None = None
-    path: str | None = None
-    config_name: str | None = None  # Hub config / subset (DocVQA, InfographicVQA, ai2d...)
-    split: str = "train"
-    revision: str | None = None  # Hub revision (branch, tag or commit)
-    image_dir: str | None = None  # relative image paths resolve here (default: source folder)
-    limit: int | None = None  # at most this many records (after sampling)
-    sample: int | None = None  # random subset of this many records, drawn with `seed`
-    seed: int = 0
-    columns: dict[str, str] = field(default_factory=dict)  # generic: key -> column name
-    meta_columns: list[str] = field(default_factory=list)  # extra columns copied into meta
-    skill: str | None = None  # skill for rows whose record has none
-    license: str | None = None  # recorded on the dataset card
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS
-    # the_cauldron records with several images: "skip" them (the question may refer to
-    # any of the images, and a prompt carries one) or keep the "first" image.
-    multi_image: Literal["skip", "first"] = "skip"
-
-    def __post_init__(self) -> None:
-        where = f"source {self.name or self.hub_id or self.path!r}"
-        if (self.hub_id is None) == (self.path is None):
-            raise SourceError(f"{where}: set exactly one of hub_id and path")
-        if self.format not in SOURCE_FORMATS:
-            raise SourceError(f"{where}: unknown format {self.format!r}; one of {SOURCE_FORMATS}")
-        for key in ("limit", "sample"):
-            value = getattr(self, key)
-            if value is not None and value < 0:
-                raise SourceError(f"{where}: {key} must be >= 0, got {value}")
-        if self.max_pixels < 1 or self.max_decode_pixels < 1:
-            raise SourceError(f"{where}: max_pixels and max_decode_pixels must be >= 1")
-        if self.multi_image not in ("skip", "first"):
-            raise SourceError(f"{where}: multi_image must be 'skip' or 'first'")
-        unknown = sorted(set(self.columns) - set(GENERIC_COLUMN_KEYS))
-        if unknown:
-            raise SourceError(
-                f"{where}: unknown keys in columns: {unknown}; allowed: {GENERIC_COLUMN_KEYS}"
-            )
-        if self.columns and self.format != "generic":
-            raise SourceError(f"{where}: columns mapping is only used by format 'generic'")
-
-    @property
-    def label(self) -> str:
-        """The `source` value of this source's rows."""
-        if self.name:
-            return self.name
-        base = self.hub_id if self.hub_id else Path(self.path or "").name
-        return f"{base}:{self.config_name}" if self.config_name else base
 
 
 def select_indices(n: int, src: SourceConfig) -> list[int]:
@@ -188,8 +113,6 @@ class ParquetTable:
     """Parquet files read with pyarrow, row group by row group (no cache copy)."""
 
     def __init__(self, files: list[Path], description: str, base_dir: Path | None):
-        import pyarrow.parquet as pq
-
         self.description = description
         self.base_dir = base_dir
         self._files = files
@@ -213,8 +136,6 @@ class ParquetTable:
         return self._n
 
     def read(self, indices: Sequence[int], columns: Sequence[str]) -> Iterator[tuple[int, Any]]:
-        import pyarrow.parquet as pq
-
         handles: dict[int, Any] = {}
         pos = 0
         while pos < len(indices):
@@ -277,127 +198,39 @@ def _features_from_schema(schema: Any) -> Any:
     if schema is None or not (schema.metadata or {}).get(b"huggingface"):
         return None
     try:
-        from datasets import Features
-
-        return Features.from_arrow_schema(schema)
+        return datasets.Features.from_arrow_schema(schema)
     except Exception:  # noqa: BLE001 - foreign/newer metadata: plain Arrow types do
         return None
 
 
 def load_source(src: SourceConfig) -> RecordTable:
     """Open a source for reading raw records. Raises :class:`SourceError` when it cannot."""
-    if src.hub_id is not None:
-        return _load_hub(src)
-    return _load_local(src)
-
-
-def _load_hub(src: SourceConfig) -> RecordTable:
-    import datasets
-
-    what = f"hub dataset {src.hub_id!r} (config {src.config_name!r}, split {src.split!r})"
-    try:
-        ds = datasets.load_dataset(
-            src.hub_id, src.config_name, split=src.split, revision=src.revision
-        )
-    except Exception as e:  # datasets raises many types; all mean "cannot read it"
-        raise SourceError(
-            f"source {src.label!r}: cannot load {what}: {type(e).__name__}: {e}. "
-            f"Without network (HF_HUB_OFFLINE=1) only datasets already in the local cache "
-            f"({datasets.config.HF_DATASETS_CACHE}) load; a downloaded copy can be given "
-            f"as `path` instead."
-        ) from e
-    base = Path(src.image_dir) if src.image_dir else None
-    return ArrowDatasetTable(ds, what, base)
-
-
-def _load_local(src: SourceConfig) -> RecordTable:
-    root = Path(src.path or "").expanduser()
     where = f"source {src.label!r}"
+    image_dir = Path(src.image_dir) if src.image_dir else None
+    if src.hub_id is not None:
+        what = f"hub dataset {src.hub_id!r} (config {src.config_name!r}, split {src.split!r})"
+        hub = Location("hub", what, repo_id=src.hub_id, revision=src.revision)
+        try:
+            ds = open_hub(hub, src.split, src.config_name)
+        except DataError as e:
+            raise SourceError(f"{where}: cannot load {what}: {e}") from e
+        return ArrowDatasetTable(ds, what, image_dir)
+    root = Path(src.path or "").expanduser()
     if not root.exists():
         raise SourceError(f"{where}: path {str(root)!r} does not exist")
-    image_dir = Path(src.image_dir) if src.image_dir else None
-    if root.is_file():
-        suffix = root.suffix.lower()
-        if suffix == ".parquet":
-            return ParquetTable([root], str(root), image_dir or root.parent)
-        if suffix in (".jsonl", ".ndjson"):
-            return JsonlTable(root, str(root), image_dir or root.parent)
-        raise SourceError(f"{where}: {str(root)!r} is not a .parquet or .jsonl file")
-    if (root / "dataset_dict.json").is_file() or (root / "state.json").is_file():
-        return _load_saved(src, root, image_dir or root)
-    if src.config_name and src.config_name != "default":
-        sub = root / src.config_name
-        if not sub.is_dir():
-            folders = sorted(p.name for p in root.iterdir() if p.is_dir())
-            raise SourceError(
-                f"{where}: config {src.config_name!r} has no folder under {str(root)!r}; "
-                f"folders: {folders}"
-            )
-        data_root = sub
-    else:
-        data_root = root
-    parquet = sorted(data_root.rglob("*.parquet"))
-    if parquet:
-        files = _split_files(parquet, data_root, src, where)
-        return ParquetTable(files, f"{len(files)} parquet file(s) under {data_root}",
-                            image_dir or root)
-    jsonl = sorted(data_root.rglob("*.jsonl"))
-    if jsonl:
-        files = _split_files(jsonl, data_root, src, where)
-        if len(files) != 1:
-            raise SourceError(f"{where}: expected one JSONL file for split {src.split!r}, "
-                              f"found {[str(f) for f in files]}")
-        return JsonlTable(files[0], str(files[0]), image_dir or files[0].parent)
-    raise SourceError(
-        f"{where}: {str(root)!r} holds no Parquet files, JSONL file or save_to_disk dataset"
-    )
-
-
-def _split_files(files: list[Path], root: Path, src: SourceConfig, where: str) -> list[Path]:
-    """Files of the configured split: `<split>-*`/`<split>.*` names or a `<split>/` folder.
-
-    A folder whose files carry no split names at all is one split: all its files.
-    """
-
-    def rel_parts(f: Path) -> tuple[str, ...]:
-        return f.relative_to(root).parts
-
-    def is_split(f: Path, split: str) -> bool:
-        stem = f.stem
-        return (
-            stem == split
-            or stem.startswith((split + "-", split + "_"))
-            or split in rel_parts(f)[:-1]
-        )
-
-    chosen = [f for f in files if is_split(f, src.split)]
-    if chosen:
-        return chosen
-    split_named = [
-        f for f in files
-        if _SPLIT_STEM.match(f.stem) or any(_SPLIT_STEM.fullmatch(p) for p in rel_parts(f)[:-1])
-    ]
-    if not split_named:
-        return files
-    raise SourceError(
-        f"{where}: no file for split {src.split!r} under {str(root)!r}; files: "
-        f"{[str(f.relative_to(root)) for f in files][:20]}"
-    )
-
-
-def _load_saved(src: SourceConfig, root: Path, base_dir: Path) -> RecordTable:
-    import datasets
-
-    where = f"source {src.label!r}"
     try:
-        loaded = datasets.load_from_disk(str(root))
-    except Exception as e:
-        raise SourceError(f"{where}: cannot load save_to_disk folder {str(root)!r}: "
-                          f"{type(e).__name__}: {e}") from e
-    if isinstance(loaded, datasets.DatasetDict):
-        if src.split not in loaded:
-            raise SourceError(
-                f"{where}: split {src.split!r} not in {str(root)!r}; splits: {list(loaded)}"
-            )
-        loaded = loaded[src.split]
-    return ArrowDatasetTable(loaded, f"save_to_disk folder {root}", base_dir)
+        loc = locate(root, src.split, src.config_name)
+        if loc.kind == "saved":
+            return ArrowDatasetTable(open_saved(loc.path, src.split), loc.description,
+                                     image_dir or root)
+    except DataError as e:
+        raise SourceError(f"{where}: {e}") from e
+    # Relative image paths resolve against the source folder (or the JSONL file's folder).
+    base = image_dir or (root if root.is_dir() else root.parent)
+    if loc.kind == "parquet":
+        return ParquetTable(list(loc.files), loc.description, base)
+    if len(loc.files) != 1:
+        raise SourceError(f"{where}: expected one JSONL file for split {src.split!r}, "
+                          f"found {[str(f) for f in loc.files]}")
+    jsonl = loc.files[0]
+    return JsonlTable(jsonl, str(jsonl), image_dir or jsonl.parent)

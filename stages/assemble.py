@@ -6,18 +6,29 @@ Writes, under `06-assemble/`:
                       `deltaprompts push` uploads exactly this folder;
   saved/              the same DatasetDict via `save_to_disk` (`datasets.load_from_disk`).
 The train/validation split is a seeded hash of the prompt id, so it is stable when rows
-are added or the stage is rerun.
+are added or the stage is rerun. The card's counts and column docs come from the
+manifests of the stages that made the rows.
 """
 
 from __future__ import annotations
 
 import hashlib
 import shutil
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from pipeline.stage import ShardOutput, ShardTask, Stage
-from stages.common import add_columns
+from pipeline.core.errors import RunError
+from pipeline.core.lazy import lazy
+from pipeline.core.reports import write_text
+from pipeline.core.schema import add_columns, hf_features, with_hf_metadata
+from pipeline.data.card import CardInfo, SourceInfo, StageCount, render_card
+from pipeline.runner.run import producing_chain, versions
+from pipeline.runner.stage import ShardOutput, ShardTask, Stage
+
+datasets = lazy("datasets")
 
 SPLIT_COLUMN = "subset"
 
@@ -46,16 +57,7 @@ class AssembleStage(Stage):
         return write_dataset(cfg, stage_dir, table)
 
 
-def write_dataset(cfg, stage_dir, table: pa.Table) -> dict:
-    import datasets
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from pipeline.card import CardInfo, SourceInfo, StageCount, render_card
-    from pipeline.run import Manifest, versions
-    from pipeline.schema import hf_features, with_hf_metadata
-    from stages import all_stages
-
+def write_dataset(cfg, stage_dir: Path, table: pa.Table) -> dict:
     out = stage_dir / "dataset"
     if out.exists():
         shutil.rmtree(out)
@@ -70,25 +72,20 @@ def write_dataset(cfg, stage_dir, table: pa.Table) -> dict:
         split_rows[split] = part.num_rows
         split_bytes[split] = part.nbytes
     if not split_rows:
-        from pipeline.run import RunError
-
         raise RunError("assemble: the filter stage kept no prompts; lower filter.threshold or add seeds")
 
-    # Counts per stage and column docs, from the run's own manifests and stage modules.
+    # Counts per stage and column docs, from the manifests of the stages that made the rows.
+    # (This stage's own manifest, written before its shards ran, names its upstream.)
+    chain = producing_chain(cfg.run_dir, stage_dir.name)[:-1]
     counts, column_docs, delta_info = [], {}, {}
-    for st in sorted(all_stages().values(), key=lambda s: s.number):
-        man = Manifest.read(cfg.run_dir / st.dirname)
-        mod = __import__(type(st).__module__, fromlist=["COLUMNS"])
-        column_docs.update(getattr(mod, "COLUMNS", {}))
-        if man is None or st.number >= 6:
-            continue
-        counts.append(StageCount(stage=st.dirname, rows_in=man.rows + sum(man.skipped.values()),
+    for man in chain:
+        column_docs.update(man.columns)
+        counts.append(StageCount(stage=man.stage, rows_in=man.rows + sum(man.skipped.values()),
                                  rows_out=man.rows, skipped=man.skipped))
-        if st.name == "delta":
+        hist = cfg.run_dir / man.stage / "delta_hist.png"
+        if hist.is_file():
             delta_info = man.report
-            hist = cfg.run_dir / st.dirname / "delta_hist.png"
-            if hist.is_file():
-                shutil.copy(hist, out / "delta_hist.png")
+            shutil.copy(hist, out / "delta_hist.png")
     sources = table.column("source").to_pylist()
     info = CardInfo(
         teacher=cfg.models.teacher.model,
@@ -111,7 +108,7 @@ def write_dataset(cfg, stage_dir, table: pa.Table) -> dict:
         delta_histogram="delta_hist.png" if (out / "delta_hist.png").is_file() else None,
         versions=versions(),
     )
-    (out / "README.md").write_text(render_card(info))
+    write_text(out / "README.md", render_card(info))
 
     saved = stage_dir / "saved"
     if saved.exists():

@@ -1,60 +1,42 @@
-"""What the model-using stages share: engine placement, sampling a table, new columns."""
+"""What the model-using stages share: engine placement and a lazily built engine."""
 
 from __future__ import annotations
 
-from typing import Any
+from pipeline.core.config import EngineConfig
+from pipeline.core.lazy import lazy
+from pipeline.engines import Engine, build_engine
+from pipeline.runner.stage import Resources
 
-import pyarrow as pa
-
-from pipeline.stage import Resources
-
-# The delta-config fields that decide how answers are sampled. Stages hash exactly these,
-# so moving the Δ threshold never invalidates (expensive) samples.
-SAMPLING_KEYS = ["delta.n", "delta.temperature", "delta.top_p", "delta.max_tokens",
-                 "delta.seed", "delta.instruction"]
+torch = lazy("torch")
 
 
-def engine_resources(*engine_cfgs) -> Resources:
+def engine_resources(*engine_cfgs: EngineConfig | None) -> Resources:
     """One GPU per worker when a local-model engine runs on CUDA; CPU otherwise.
 
     An OpenAI-compatible engine needs no local accelerator, so it never reserves one.
     """
     local = [c for c in engine_cfgs if c is not None and c.engine != "openai"]
-    wants_gpu = any(c.device not in ("cpu",) for c in local) and _cuda_available()
+    wants_gpu = any(c.device not in ("cpu",) for c in local) and torch.cuda.is_available()
     return Resources(cpus=1.0, gpus=1.0 if wants_gpu else 0.0)
 
 
-def _cuda_available() -> bool:
-    try:
-        import torch
+class LazyEngine:
+    """An engine built on first use: a stage that may not need a model (the student in
+    delta, when mine already sampled every row) does not pay minutes to load it."""
 
-        return torch.cuda.is_available()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return False
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg
+        self._engine: Engine | None = None
 
+    def get(self) -> Engine:
+        if self._engine is None:
+            self._engine = build_engine(self.cfg)
+        return self._engine
 
-def draw(engine, table: pa.Table, cfg, counts: list[int], model: str, round_: int):
-    """Sample `counts[i]` answers for row i with the run's sampling settings.
+    def sample(self, requests, *args, **kw):
+        return self.get().sample(requests, *args, **kw)
 
-    Returns `pipeline.audit.Drawn` (texts, extracted answers, truncation, errors per row).
-    """
-    from pipeline.audit import draw_answers, requests_from_table
-
-    requests = requests_from_table(table, instruction=cfg.delta.instruction)
-    choices = [c or None for c in table.column("choices").to_pylist()]
-    return draw_answers(engine, requests, counts, cfg.delta, choices, model=model, round_=round_)
-
-
-def add_columns(table: pa.Table, columns: dict[str, tuple[pa.DataType, list[Any]]]) -> pa.Table:
-    """Append (or replace) typed columns, keeping the HF metadata of the schema."""
-    from pipeline.schema import with_hf_metadata
-
-    for name, (dtype, values) in columns.items():
-        arr = pa.array(values, type=dtype)
-        idx = table.schema.get_field_index(name)
-        table = table.set_column(idx, name, arr) if idx >= 0 else table.append_column(name, arr)
-    return table.replace_schema_metadata(with_hf_metadata(table.schema).metadata)
-
-
-def keep_rows(table: pa.Table, keep: list[bool]) -> pa.Table:
-    return table.filter(pa.array(keep, type=pa.bool_()))
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None

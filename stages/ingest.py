@@ -9,9 +9,14 @@ shard order, so the result does not depend on which task finished first.
 
 from __future__ import annotations
 
-from pipeline import shards
-from pipeline.schema import rows_to_table
-from pipeline.stage import ShardOutput, ShardTask, Stage
+import pyarrow as pa
+
+from pipeline.core import shards
+from pipeline.core.errors import RunError
+from pipeline.core.schema import rows_to_table
+from pipeline.runner.stage import ShardOutput, ShardTask, Stage
+from seeds.adapters import count_source_rows, iter_source_rows
+from seeds.sources import Skip
 
 
 class IngestStage(Stage):
@@ -20,11 +25,7 @@ class IngestStage(Stage):
     config_keys = ["ingest", "run.shard_size"]
 
     def plan(self, cfg, input_indices):
-        from seeds.adapters import count_source_rows
-
         if not cfg.ingest.sources:
-            from pipeline.run import RunError
-
             raise RunError("ingest.sources is empty: name at least one seed source in the config")
         tasks, size = [], cfg.run.shard_size
         for s, src in enumerate(cfg.ingest.sources):
@@ -35,9 +36,6 @@ class IngestStage(Stage):
         return tasks
 
     def process(self, cfg, state, task, table):
-        from seeds.adapters import iter_source_rows
-        from seeds.sources import Skip
-
         src = cfg.ingest.sources[task.payload["source"]]
         rows, seen, skipped = [], set(), {}
         for item in iter_source_rows(src, task.payload["start"], task.payload["stop"]):
@@ -54,8 +52,6 @@ class IngestStage(Stage):
 
     def finalize(self, cfg, stage_dir, tables):
         """Drop ids already seen in an earlier shard (rewrites only the shards affected)."""
-        import pyarrow as pa
-
         seen: set[str] = set()
         dropped = 0
         for index, table in enumerate(tables):

@@ -1,35 +1,38 @@
 """Stage 2, mine: where does the student fail?
 
-The student answers every prompt N times (the run's sampling settings, the same ones the
-delta stage uses, so these samples are reused there rather than drawn again). Each answer
-is graded against the gold answers with `answers_match`; a prompt is a failure when the
-student's accuracy is below `mine.fail_below`. The report groups failures by skill and
-source (JSON + PNG) — the map the rewrite stage aims at.
+The student answers every prompt N times (the run's `sampling` settings, the same ones
+the delta stage uses, so these samples are reused there rather than drawn again). Each
+answer is graded against the gold answers with `answers_match`; a prompt is a failure
+when the student's accuracy is below `mine.fail_below`. The report groups failures by
+skill and source (JSON + PNG) — the map the rewrite stage aims at.
 """
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
-
 import pyarrow as pa
 
-from pipeline.stage import ShardOutput, Stage
-from stages.common import SAMPLING_KEYS, add_columns, draw, engine_resources, keep_rows
-
-COLUMNS = {
-    "student_samples": "the student's N raw outputs (sampled with the run's delta.* settings)",
-    "student_answers": "final answers extracted from student_samples (null: no answer)",
-    "student_accuracy": "share of student answers matching the gold answers (null: no gold)",
-    "student_failed": "student_accuracy < mine.fail_below",
-}
+from pipeline.core.answers import answers_match
+from pipeline.core.reports import COLORS, figure, grouped, save_png, write_json
+from pipeline.core.schema import add_columns, keep_rows
+from pipeline.engines import build_engine
+from pipeline.runner.stage import ShardOutput, Stage
+from pipeline.sampling.draw import draw_answers
+from pipeline.sampling.prompts import choices_of, requests_from_table
+from pipeline.sampling.skill_tags import tag_skills
+from stages.common import LazyEngine, engine_resources
 
 
 class MineStage(Stage):
     number = 2
     name = "mine"
     input_stage = "ingest"
-    config_keys = ["models.student", "mine", *SAMPLING_KEYS]
+    columns = {
+        "student_samples": (pa.list_(pa.string()), "the student's N raw outputs (sampled with the run's sampling.* settings)"),
+        "student_answers": (pa.list_(pa.string()), "final answers extracted from student_samples (null: no answer)"),
+        "student_accuracy": (pa.float64(), "share of student answers matching the gold answers (null: no gold)"),
+        "student_failed": (pa.bool_(), "student_accuracy < mine.fail_below"),
+    }
+    config_keys = ["models.student", "mine", "sampling"]
     uses_models = True
 
     def resources(self, cfg):
@@ -44,11 +47,11 @@ class MineStage(Stage):
         return _Engines(cfg)
 
     def process(self, cfg, state, task, table):
-        from pipeline.answers import answers_match
-
         if cfg.mine.tag_skills:
             table = _tag_missing_skills(state, table)
-        got = draw(state.student, table, cfg, [cfg.delta.n] * table.num_rows, "student", round_=0)
+        got = draw_answers(state.student, requests_from_table(table, cfg.sampling.instruction),
+                           [cfg.sampling.n] * table.num_rows, cfg.sampling, choices_of(table),
+                           model="student", round_=0)
         golds = table.column("answers").to_pylist()
         choices = table.column("choices").to_pylist()
         keep, samples, answers, acc, failed, skipped = [], [], [], [], [], {}
@@ -69,19 +72,18 @@ class MineStage(Stage):
             else:
                 acc.append(None)
                 failed.append(None)
-        out = add_columns(keep_rows(table, keep), {
-            "student_samples": (pa.list_(pa.string()), samples),
-            "student_answers": (pa.list_(pa.string()), answers),
-            "student_accuracy": (pa.float64(), acc),
-            "student_failed": (pa.bool_(), failed),
-        })
+        values = {"student_samples": samples, "student_answers": answers,
+                  "student_accuracy": acc, "student_failed": failed}
+        out = add_columns(keep_rows(table, keep),
+                          {k: (dtype, values[k]) for k, (dtype, _) in self.columns.items()})
         return ShardOutput(out, skipped=skipped)
 
     def finalize(self, cfg, stage_dir, tables):
-        report = failure_report(pa.concat_tables(tables, promote_options="default")
-                                .select(["source", "skill", "student_accuracy", "student_failed"]))
-        (stage_dir / "failures.json").write_text(json.dumps(report, indent=2) + "\n")
-        plot_failures(report, stage_dir / "failures.png")
+        rows = (pa.concat_tables(tables, promote_options="default")
+                .select(["source", "skill", "student_accuracy", "student_failed"]).to_pylist())
+        report = failure_report(rows)
+        write_json(stage_dir / "failures.json", report)
+        save_png(plot_failures(report), stage_dir / "failures.png")
         return {"failure_rate": report["overall"]["failure_rate"], "prompts": report["overall"]["prompts"]}
 
 
@@ -89,81 +91,54 @@ class _Engines:
     """The student; the skill tagger (rewriter, else teacher) only once a row needs it."""
 
     def __init__(self, cfg):
-        from pipeline.engines import build_engine
-
-        self.cfg = cfg
         self.student = build_engine(cfg.models.student)
-        self._tagger = None
-
-    def tagger(self):
-        if self._tagger is None:
-            from pipeline.engines import build_engine
-
-            self._tagger = build_engine(self.cfg.models.rewriter or self.cfg.models.teacher)
-        return self._tagger
+        self.tagger = LazyEngine(cfg.models.rewriter or cfg.models.teacher)
 
     def close(self):
         self.student.close()
-        if self._tagger is not None:
-            self._tagger.close()
+        self.tagger.close()
 
 
 def _tag_missing_skills(engines: _Engines, table: pa.Table) -> pa.Table:
-    from pipeline.skills import tag_skills
-
     skills = table.column("skill").to_pylist()
     missing = [i for i, s in enumerate(skills) if not s]
     if not missing:
         return table
-    tags = tag_skills(engines.tagger(), table.take(pa.array(missing, pa.int64())))
+    tags = tag_skills(engines.tagger.get(), table.take(pa.array(missing, pa.int64())))
     for i, tag in zip(missing, tags):
         skills[i] = tag
     return add_columns(table, {"skill": (pa.string(), skills)})
 
 
-def failure_report(table: pa.Table) -> dict:
-    """Failure rate and mean accuracy per skill and per source (prompts with gold only)."""
-    groups: dict[str, dict[str, list]] = {"skill": defaultdict(list), "source": defaultdict(list)}
-    rows = table.to_pylist()
-    graded = [r for r in rows if r["student_failed"] is not None]
-    for r in graded:
-        groups["skill"][r["skill"] or "unknown"].append(r)
-        groups["source"][r["source"]].append(r)
-
-    def summary(rs):
-        n = len(rs)
-        return {
-            "prompts": n,
-            "failures": sum(r["student_failed"] for r in rs),
-            "failure_rate": round(sum(r["student_failed"] for r in rs) / n, 4) if n else None,
-            "mean_accuracy": round(sum(r["student_accuracy"] for r in rs) / n, 4) if n else None,
-        }
-
+def _failure_stats(rows: list[dict]) -> dict:
+    n = len(rows)
     return {
-        "overall": summary(graded) | {"ungraded": len(rows) - len(graded)},
-        "by_skill": {k: summary(v) for k, v in sorted(groups["skill"].items())},
-        "by_source": {k: summary(v) for k, v in sorted(groups["source"].items())},
+        "prompts": n,
+        "failures": sum(r["student_failed"] for r in rows),
+        "failure_rate": round(sum(r["student_failed"] for r in rows) / n, 4) if n else None,
+        "mean_accuracy": round(sum(r["student_accuracy"] for r in rows) / n, 4) if n else None,
     }
 
 
-def plot_failures(report: dict, path) -> None:
-    import matplotlib
+def failure_report(rows: list[dict]) -> dict:
+    """Failure rate and mean accuracy overall, per skill and per source (prompts with gold)."""
+    graded = [r for r in rows if r["student_failed"] is not None]
+    report = grouped(graded, _failure_stats)
+    report["overall"]["ungraded"] = len(rows) - len(graded)
+    return report
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
-    for ax, key, title in ((axes[0][0], "by_skill", "skill"), (axes[0][1], "by_source", "source")):
+def plot_failures(report: dict):
+    fig, axes = figure(1, 2, width=11, height=4)
+    for ax, key, title in ((axes[0], "by_skill", "skill"), (axes[1], "by_source", "source")):
         items = report[key]
         names = list(items)
         rates = [items[k]["failure_rate"] or 0.0 for k in names]
-        ax.barh(names, rates, color="#c0504d")
+        ax.barh(names, rates, color=COLORS["bad"])
         for y, k in enumerate(names):
             ax.text(min(rates[y] + 0.01, 0.9), y, f"{items[k]['failures']}/{items[k]['prompts']}",
                     va="center", fontsize=8)
         ax.set_xlim(0, 1)
         ax.set_xlabel("student failure rate")
         ax.set_title(f"failures by {title}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig

@@ -65,7 +65,8 @@ def image_bytes(img, fmt: str = "PNG") -> bytes:
 
 def make_requests(k: int = 3, *, size: tuple[int, int] = (224, 224), as_bytes: bool = False):
     """``k`` single-image requests ``q0..q{k-1}`` over distinct images and questions."""
-    from pipeline.engines import Request, user_message
+    from pipeline.engines import Request
+    from pipeline.sampling.prompts import user_message
 
     requests = []
     for i in range(k):
@@ -83,7 +84,7 @@ def make_requests(k: int = 3, *, size: tuple[int, int] = (224, 224), as_bytes: b
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> tuple[Path, Path]:
     """(teacher_dir, student_dir): tiny random Qwen3-VL checkpoints sharing a tokenizer."""
-    from pipeline.tiny_models import make_teacher_student
+    from tools.tiny_models import make_teacher_student
 
     return make_teacher_student(tmp_path_factory.mktemp("tiny_models"))
 

@@ -12,8 +12,10 @@ import time
 
 import pyarrow as pa
 
-from pipeline.schema import make_prompt_row, rows_to_table
-from pipeline.stage import ShardOutput, ShardTask, Stage
+from pipeline.core.config import config_from_dict
+from pipeline.core.schema import make_prompt_row, rows_to_table
+from pipeline.runner.run import run_lock, run_stage
+from pipeline.runner.stage import ShardOutput, ShardTask, Stage, StageRegistry
 
 EXTRA = [pa.field("value", pa.int64())]
 
@@ -53,23 +55,20 @@ class DoublingStage(Stage):
     number = 2
     name = "double"
     input_stage = "count"
-    config_keys = ["delta.n"]
+    config_keys = ["sampling.n"]
 
     def process(self, cfg, state, task, table):
-        vals = [v * cfg.delta.n for v in table.column("value").to_pylist()]
+        vals = [v * cfg.sampling.n for v in table.column("value").to_pylist()]
         return ShardOutput(table.set_column(table.schema.get_field_index("value"), "value",
                                             pa.array(vals, pa.int64())))
 
 
 def run_counting(root: str, name: str, backend: str, sleep: float) -> None:
     """Entry point for subprocess tests: run CountingStage under the run lock."""
-    from pipeline.config import config_from_dict
-    from pipeline.run import run_lock, run_stage
-
     cfg = config_from_dict({"run": {"name": name, "root": root}, "execution": {"backend": backend}})
     stage = CountingStage(sleep=sleep)
     with run_lock(cfg.run_dir):
-        run_stage(cfg, stage, {stage.name: stage}, progress=False)
+        run_stage(cfg, stage, StageRegistry([stage]), progress=False)
 
 
 if __name__ == "__main__":

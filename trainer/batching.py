@@ -17,11 +17,13 @@ Shared by the SFT loop and the on-policy trainers. Rules that keep training hone
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from pipeline.core.images import decode_image
+from pipeline.sampling.prompts import user_message
 
 IGNORE_INDEX = -100
 
@@ -42,34 +44,11 @@ class Encoded:
     prompt_len: int = 0
 
 
-def user_messages(question: str, n_images: int = 1) -> list[dict]:
-    """Single-turn chat: the images first, then the question (the engines' convention)."""
-    content: list[dict] = [{"type": "image"} for _ in range(n_images)]
-    content.append({"type": "text", "text": question})
-    return [{"role": "user", "content": content}]
-
-
-def _as_pil(image: Any):
-    from PIL import Image
-
-    if image is None or isinstance(image, Image.Image):
-        return image
-    if isinstance(image, dict):  # HF Image struct {bytes, path}
-        image = image.get("bytes") or image.get("path")
-    if isinstance(image, (bytes, bytearray)):
-        image = Image.open(io.BytesIO(image))
-    elif isinstance(image, str):
-        image = Image.open(image)
-    else:
-        raise TypeError(f"unsupported image type {type(image).__name__}")
-    return image.convert("RGB")
-
-
 def encode_prompt(processor, question: str, image: Any = None) -> dict[str, Any]:
     """Render + expand the prompt: ``input_ids`` (list), image tensors, token types."""
-    images = [] if image is None else [_as_pil(image)]
+    images = [] if image is None else [decode_image(image)]
     text = processor.apply_chat_template(
-        user_messages(question, len(images)), add_generation_prompt=True, tokenize=False
+        user_message(question, len(images)), add_generation_prompt=True, tokenize=False
     )
     out = processor(text=[text], images=images or None, return_tensors="pt")
     enc = {"input_ids": out["input_ids"][0].tolist()}

@@ -1,22 +1,10 @@
-"""Training prompts from the assembled dataset or from any run's shards.
+"""Training prompts: the rows to train on, and each row decoded for a trainer.
 
-``load_prompts(source)`` accepts, in this order of precedence:
-
-* a glob of Parquet files (``runs/demo/05-filter/*.parquet``) or one ``.parquet`` file;
-* a local folder written by ``datasets.Dataset.save_to_disk`` (a ``DatasetDict`` too:
-  ``split`` picks the split);
-* a local folder of Parquet shards, read recursively: in the Hub layout
-  (``data/<split>-00000-of-00002.parquet``, what assemble writes) only ``split``'s files,
-  otherwise (a stage folder of ``shard-*.parquet``) every file;
-* otherwise a Hugging Face Hub dataset id, loaded with ``datasets.load_dataset``;
-  ``user/name@REV`` pins a branch, tag or commit (a run that names the commit it trained
-  on can be repeated after the dataset moves on).
-
-Rows follow the canonical prompt schema (pipeline/schema.py); only ``image`` and
-``question`` are required. ``select_prompts`` then applies equality filters and draws a
-fixed-size seeded sample, which is what the micro-reproduction needs to compare training
-sets of *equal* size: (a) a filtered high-Δ set, (b) a random sample of the seeds,
-(c) zero-delta prompts.
+Data is read by the one loader (pipeline/data/loader.py: a dataset folder, Parquet glob or
+folder, or a Hub id ``user/name@REV``); ``select_prompts`` then applies equality filters
+and draws a fixed-size seeded sample, which is what an experiment needs to compare
+training sets of *equal* size: (a) a filtered high-Δ set, (b) a random sample of the
+seeds, (c) zero-delta prompts.
 
 A row that cannot be used (no image, undecodable image, empty question) is never fatal:
 ``decode_prompt`` raises ``BadPrompt`` with a reason and the trainer counts the skip.
@@ -24,15 +12,15 @@ A row that cannot be used (no image, undecodable image, empty question) is never
 
 from __future__ import annotations
 
-import glob
-import io
 import json
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pipeline.core.errors import DataError
+from pipeline.core.images import ImageError, decode_image
+from pipeline.data.loader import read_dataset
 
 REQUIRED_COLUMNS = ("image", "question")
 
@@ -56,84 +44,12 @@ class TrainPrompt:
     choices: list[str] = field(default_factory=list)  # options of a multiple-choice prompt
 
 
-def _is_glob(source: str) -> bool:
-    return any(ch in source for ch in "*?[")
-
-
-def _parquet_dataset(files: list[str]):
-    import datasets
-
-    # The shards carry the `huggingface` schema metadata, so `image` decodes as Image.
-    return datasets.Dataset.from_parquet(files)
-
-
-# A Hub-layout shard name: <split>-<index>-of-<count>.parquet (datasets' own convention).
-_HUB_SHARD = re.compile(r"^(?P<split>\w+)-\d{5}-of-\d{5}\.parquet$")
-
-
-def _split_files(source: str, files: list[str], split: str) -> list[str]:
-    """The files of ``split`` when the folder is in the Hub layout, else all of them.
-
-    Reading every file of an assembled dataset would train on its validation rows too.
-    """
-    by_split: dict[str, list[str]] = {}
-    for f in files:
-        if m := _HUB_SHARD.match(Path(f).name):
-            by_split.setdefault(m["split"], []).append(f)
-    if not by_split:
-        return files
-    if split not in by_split:
-        raise ValueError(f"{source}: no split {split!r}; splits are {sorted(by_split)}")
-    return by_split[split]
-
-
 def load_prompts(source: str, split: str = "train"):
-    """The rows at ``source`` as a ``datasets.Dataset`` (see the module docstring)."""
-    import datasets
-
-    if not source:
-        raise ValueError("no training data given (a dataset folder, a Parquet glob or a Hub id)")
-    if _is_glob(source) or source.endswith(".parquet"):
-        files = sorted(glob.glob(source, recursive=True))
-        if not files:
-            raise FileNotFoundError(f"no Parquet files match {source!r}")
-        ds = _parquet_dataset(files)
-    elif Path(source).is_dir():
-        root = Path(source)
-        if (root / "dataset_dict.json").is_file() or (root / "dataset_info.json").is_file() \
-                or (root / "state.json").is_file():
-            ds = datasets.load_from_disk(str(root))
-            if isinstance(ds, datasets.DatasetDict):
-                if split not in ds:
-                    raise ValueError(f"{source}: no split {split!r}; splits are {sorted(ds)}")
-                ds = ds[split]
-        else:
-            files = sorted(str(p) for p in root.rglob("*.parquet") if not p.name.startswith("."))
-            if not files:
-                raise FileNotFoundError(
-                    f"{source} is neither a saved dataset (save_to_disk) nor a folder of Parquet shards"
-                )
-            ds = _parquet_dataset(_split_files(source, files, split))
-    elif Path(source).exists():
-        raise ValueError(f"{source} is a file but not Parquet; give a Parquet file, glob or dataset folder")
-    else:
-        repo_id, _, revision = source.partition("@")
-        try:
-            ds = datasets.load_dataset(repo_id, split=split, revision=revision or None)
-        except FileNotFoundError as e:  # datasets' DatasetNotFoundError and DataFilesNotFoundError
-            raise FileNotFoundError(
-                f"{source!r} is not a local path and could not be loaded from the Hub "
-                f"({type(e).__name__}: {e})"
-            ) from e
-        except ValueError as e:  # e.g. an unknown split: datasets names the ones there are
-            raise ValueError(f"{source}: {e}") from e
+    """The rows at ``source`` as a ``datasets.Dataset`` with at least an image and a question."""
+    ds = read_dataset(source, split)
     missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
     if missing:
-        raise ValueError(f"{source}: missing column(s) {missing}; columns are {ds.column_names}")
-    if isinstance(ds.features.get("image"), datasets.Image):
-        # Rows hand out the raw {bytes, path}: `datasets` would raise on a corrupt image while
-        # indexing, before decode_prompt can count it as a skip.
-        ds = ds.cast_column("image", datasets.Image(decode=False))
+        raise DataError(f"{source}: missing column(s) {missing}; columns are {ds.column_names}")
     return ds
 
 
@@ -175,30 +91,12 @@ def select_prompts(
 
 def to_pil(image: Any):
     """An image field (HF ``{bytes, path}``, bytes, a path, PIL) -> decoded RGB, or BadPrompt."""
-    from PIL import Image, UnidentifiedImageError
-
-    if image is None:
-        raise BadPrompt("missing_image")
-    if isinstance(image, dict):  # the raw HF Image struct {bytes, path}
-        data, path = image.get("bytes"), image.get("path")
-        if data is None and not path:
-            raise BadPrompt("missing_image")
-        image = data if data is not None else path
+    if isinstance(image, dict) and image.get("bytes") is None and not image.get("path"):
+        image = None
     try:
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            image = Image.open(io.BytesIO(bytes(image)))
-        elif isinstance(image, str):
-            image = Image.open(image)
-        elif not isinstance(image, Image.Image):
-            raise BadPrompt("corrupt_image", f"unsupported image type {type(image).__name__}")
-        image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        if isinstance(e, BadPrompt):
-            raise
-        raise BadPrompt("corrupt_image", f"{type(e).__name__}: {e}") from e
-    if image.width < 1 or image.height < 1:
-        raise BadPrompt("corrupt_image", f"empty size {image.size}")
-    return image if image.mode == "RGB" else image.convert("RGB")
+        return decode_image(image)
+    except ImageError as e:
+        raise BadPrompt(e.kind, "" if e.kind == "missing_image" else e.reason) from e
 
 
 def decode_prompt(row: dict[str, Any]) -> TrainPrompt:

@@ -1,6 +1,6 @@
 """Accuracy of models on a held-out prompt set, per skill and per source, before vs after.
 
-Answers are read and compared with the project's rules (``pipeline.answers``), the same
+Answers are read and compared with the project's rules (``pipeline.core.answers``), the same
 ones the mine and delta stages use, so an accuracy here and a failure there mean the same
 thing. Each row is scored in one match mode: ``relaxed`` (ChartQA's 5% numeric
 tolerance) or ``exact`` give 1 or 0; ``anls`` gives the row's ANLS (0..1), so a group
@@ -35,8 +35,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.answers import anls_score, answers_match, extract_answer
-from trainer.data import BadPrompt, to_pil
+import numpy as np
+import torch
+
+from pipeline.core.answers import anls_score, answers_match, extract_answer
+from pipeline.core.config import DEFAULT_INSTRUCTION, load_config
+from pipeline.core.reports import figure, save_png, write_json, write_text
+from pipeline.core.skills import UNKNOWN
+from pipeline.engines import EngineConfig, build_engine
+from pipeline.sampling.prompts import build_request, format_question, user_message
+from trainer.batching import end_of_turn_id
+from trainer.data import BadPrompt, load_prompts, to_pil
 
 MATCH_MODES = ("relaxed", "anls", "exact")
 
@@ -50,7 +59,9 @@ class EvalConfig:
     max_tokens: int = 64
     temperature: float = 0.0  # greedy: accuracy of the model's mode
     batch_size: int = 32
-    instruction: str | None = None  # appended to each question (after a newline) when set
+    # The answer-format instruction of the prompt builder: pass the run's
+    # sampling.instruction so the rows are asked as they were measured and trained on.
+    instruction: str | None = DEFAULT_INSTRUCTION
     match_mode: str = "relaxed"
     match_by_source: dict[str, str] = field(default_factory=dict)  # source -> mode
     limit: int | None = None  # evaluate the first `limit` rows that have gold answers
@@ -137,21 +148,22 @@ def evaluate(generate: Generator, rows: Iterable[dict[str, Any]], cfg: EvalConfi
             chunk.append(row)
         if not chunk:
             continue
-        questions = [r["question"] + (f"\n{cfg.instruction}" if cfg.instruction else "") for r in chunk]
+        questions = [format_question(r["question"], r.get("choices") or None, cfg.instruction)
+                     for r in chunk]
         outputs = generate(questions, images)
         if len(outputs) != len(chunk):
             raise RuntimeError(f"generator returned {len(outputs)} completions for {len(chunk)} prompts")
         for row, (text, truncated) in zip(chunk, outputs):
             choices = list(row.get("choices") or []) or None
             golds = gold_answers(row)
-            source = row.get("source") or row.get("type") or "unknown"
+            source = row.get("source") or row.get("type") or UNKNOWN
             mode = cfg.mode_for(source)
             pred = None if text is None else extract_answer(text, choices, truncated=truncated)
             score = score_answer(pred, golds, mode, choices)
             report.errors += text is None
             report.no_answer += text is not None and pred is None
             report.match_modes[source] = mode
-            for key, name in (("skill", row.get("skill") or "unknown"), ("source", source)):
+            for key, name in (("skill", row.get("skill") or UNKNOWN), ("source", source)):
                 sums[key][name][0] += score
                 sums[key][name][1] += 1
             report.predictions.append({"id": row.get("id"), "question": row["question"], "gold": golds,
@@ -168,14 +180,10 @@ def evaluate(generate: Generator, rows: Iterable[dict[str, Any]], cfg: EvalConfi
 
 # --- completion providers ----------------------------------------------------------------
 def engine_generator(engine, cfg: EvalConfig | None = None, seed: int = 0) -> Generator:
-    from pipeline.engines.base import Request, user_message
-
     cfg = cfg or EvalConfig()
 
     def gen(questions: list[str], images: list[Any]) -> list[tuple[str | None, bool]]:
-        reqs = [Request(messages=user_message(q, 0 if im is None else 1),
-                        images=[] if im is None else [im], id=str(i))
-                for i, (q, im) in enumerate(zip(questions, images))]
+        reqs = [build_request(q, im, id=str(i)) for i, (q, im) in enumerate(zip(questions, images))]
         results = engine.sample(reqs, n=1, temperature=cfg.temperature,
                                 max_tokens=cfg.max_tokens, seed=seed)
         out: list[tuple[str | None, bool]] = []
@@ -192,16 +200,12 @@ def engine_generator(engine, cfg: EvalConfig | None = None, seed: int = 0) -> Ge
 
 def model_generator(model, processor, cfg: EvalConfig | None = None) -> Generator:
     """Greedy generation with an in-process transformers model (left-padded batches)."""
-    import torch
-
-    from trainer.batching import end_of_turn_id, user_messages
-
     cfg = cfg or EvalConfig()
     tok = processor.tokenizer
     stop = end_of_turn_id(tok)
 
     def gen(questions: list[str], images: list[Any]) -> list[tuple[str | None, bool]]:
-        texts = [processor.apply_chat_template(user_messages(q, 0 if im is None else 1),
+        texts = [processor.apply_chat_template(user_message(q, 0 if im is None else 1),
                                                add_generation_prompt=True, tokenize=False)
                  for q, im in zip(questions, images)]
         side = tok.padding_side
@@ -245,18 +249,12 @@ def format_table(reports: dict[str, EvalReport], skills: Iterable[str] | None = 
     return head + "\n".join(lines) + "\n"
 
 
-def plot_accuracy(reports: dict[str, EvalReport], png_path: Path) -> Path:
-    """Grouped bars: accuracy per skill and overall, one bar per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+def plot_accuracy(reports: dict[str, EvalReport]):
+    """Grouped bars: accuracy per skill and overall, one bar per model (a Figure)."""
     skills = sorted({s for r in reports.values() for s in r.by_skill}) + ["overall"]
     x = np.arange(len(skills))
     width = 0.8 / len(reports)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(skills) + 2), 3.6))
+    fig, (ax,) = figure(width=max(6.0, 1.1 * len(skills) + 2), height=3.6)
     for i, (name, r) in enumerate(reports.items()):
         vals = [EvalReport.acc(r.overall if s == "overall" else r.by_skill.get(s, (0.0, 0))) for s in skills]
         ax.bar(x + (i - (len(reports) - 1) / 2) * width, vals, width, label=name)
@@ -264,27 +262,21 @@ def plot_accuracy(reports: dict[str, EvalReport], png_path: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path, dpi=90)
-    plt.close(fig)
-    return png_path
+    return fig
 
 
 def write_outputs(out: Path, reports: dict[str, EvalReport], header: str) -> None:
     """``summary.json``, ``accuracy.md`` (per skill and per source), ``accuracy.png`` and
     one ``predictions-<i>.jsonl`` per model (i = the model's position on the command line)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps({k: r.summary() for k, r in reports.items()}, indent=2))
+    write_json(out / "summary.json", {k: r.summary() for k, r in reports.items()})
     anls = sorted({s for r in reports.values() for s, m in r.match_modes.items() if m == "anls"})
     note = f"\nScored with ANLS (mean, 0..1), not accuracy: {', '.join(anls)}.\n" if anls else ""
-    (out / "accuracy.md").write_text(
-        f"{header}\n\n{format_table(reports)}\n{format_table(reports, by='source')}{note}")
-    plot_accuracy(reports, out / "accuracy.png")
+    write_text(out / "accuracy.md",
+               f"{header}\n\n{format_table(reports)}\n{format_table(reports, by='source')}{note}")
+    save_png(plot_accuracy(reports), out / "accuracy.png", dpi=90)
     for i, r in enumerate(reports.values()):
-        with open(out / f"predictions-{i}.jsonl", "w") as f:
-            for p in r.predictions:
-                f.write(json.dumps(p) + "\n")
+        write_text(out / f"predictions-{i}.jsonl", "".join(json.dumps(p) + "\n" for p in r.predictions))
 
 
 def _named_models(specs: list[str]) -> dict[str, str]:
@@ -326,7 +318,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=None, help="first n rows with gold answers only")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--instruction", default=None, help="appended to each question after a newline")
+    p.add_argument("--config", help="the run config the data was built with: its "
+                   "sampling.instruction is the one asked (as mine, delta and OPD ask it)")
+    p.add_argument("--instruction", default=None,
+                   help="the answer-format instruction appended by the prompt builder "
+                   "(default: --config's sampling.instruction, else the pipeline's default)")
     p.add_argument("--match-mode", default="relaxed", choices=MATCH_MODES,
                    help="answer matching for every row (default relaxed: ChartQA's 5%% tolerance)")
     p.add_argument("--match", action="append", default=[], metavar="SOURCE=MODE",
@@ -335,11 +331,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="folder for summary.json, accuracy.md, accuracy.png and predictions-<i>.jsonl")
     a = p.parse_args(argv)
     models = _named_models(a.model)
-    cfg = EvalConfig(max_tokens=a.max_tokens, batch_size=a.batch_size, instruction=a.instruction,
+    instruction = a.instruction
+    if instruction is None:
+        instruction = load_config(a.config).sampling.instruction if a.config else DEFAULT_INSTRUCTION
+    cfg = EvalConfig(max_tokens=a.max_tokens, batch_size=a.batch_size, instruction=instruction,
                      limit=a.n, match_mode=a.match_mode, match_by_source=_source_modes(a.match))
-    from pipeline.engines import EngineConfig, build_engine
-    from trainer.data import load_prompts
-
     rows = list(load_prompts(a.data, split=a.split))
     reports: dict[str, EvalReport] = {}
     for name, path in models.items():
@@ -352,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
         words = sys.argv[1:] if argv is None else argv
         header = (f"# Held-out accuracy\n\nCommand: `deltaprompts eval {shlex.join(words)}`\n\n"
                   f"Greedy decoding ({a.engine}), up to {a.max_tokens} new tokens; answers read "
-                  f"and matched with pipeline.answers ({a.match_mode} unless --match says otherwise).")
+                  f"and matched with pipeline.core.answers ({a.match_mode} unless --match says otherwise).")
         write_outputs(Path(a.out), reports, header)
         print(f"wrote {a.out}/summary.json, accuracy.md, accuracy.png, predictions-*.jsonl")
 

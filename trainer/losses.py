@@ -11,9 +11,9 @@ Two families, both evaluated only on completion tokens (the caller selects them)
   chunks of completion positions from hidden states so that (tokens x vocab) logits are
   never materialised all at once.
 
-Every per-token function returns one value per token; ``normalise_by_count`` reduces them
-by a *global* token count handed in by the caller, so that summing the gradients of
-several micro-batches gives exactly the gradient of the mean over the whole step.
+Every per-token function returns one value per token; the trainers sum them and divide by
+the *global* token count of the optimizer step (all micro-batches), so that summing the
+gradients of several micro-batches gives exactly the gradient of the mean over the step.
 """
 
 from __future__ import annotations
@@ -166,19 +166,3 @@ def chunked_generalized_jsd(
         for s in _chunks(student_hidden.shape[0], chunk_size)
     ]
     return torch.cat(parts) if parts else student_hidden.new_zeros(0, dtype=torch.float32)
-
-
-def normalise_by_count(per_token: torch.Tensor, mask: torch.Tensor | None, num_tokens: int) -> torch.Tensor:
-    """Sum of the (masked) per-token values divided by a global token count.
-
-    ``num_tokens`` is the number of completion tokens in the whole optimizer step (all
-    micro-batches), not in this micro-batch: the per-micro-batch losses then add up to the
-    step's token mean, so gradient accumulation is exact whatever the micro-batch sizes.
-    """
-    if num_tokens <= 0:
-        raise ValueError(f"num_tokens must be positive, got {num_tokens}")
-    if mask is not None:
-        if mask.shape != per_token.shape:
-            raise ValueError(f"mask shape {tuple(mask.shape)} != values shape {tuple(per_token.shape)}")
-        per_token = torch.where(mask.bool(), per_token, torch.zeros_like(per_token))
-    return per_token.sum() / num_tokens

@@ -15,8 +15,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipeline.answers import extract_answer
-from pipeline.delta import answer_class
+from pipeline.core.answers import extract_answer
+from pipeline.core.configschema import load_dataclass
+from pipeline.core.divergence import answer_class
+from pipeline.sampling.prompts import format_question
+from trainer.config import SFTConfig
+from trainer.data import load_prompts
+from trainer.sft import train_sft
 
 
 def teacher_target(samples: list[str] | None, majority: str | None,
@@ -30,9 +35,12 @@ def teacher_target(samples: list[str] | None, majority: str | None,
     return None
 
 
-def teacher_rows(dataset) -> tuple[list[dict[str, Any]], int]:
+def teacher_rows(dataset, instruction: str | None) -> tuple[list[dict[str, Any]], int]:
     """SFT rows {"image", "question", "target"} from a built dataset, and the count of
-    prompts skipped for having no usable teacher sample."""
+    prompts skipped for having no usable teacher sample.
+
+    ``question`` is the prompt the teacher answered (pipeline/sampling/prompts.py: options
+    included, then ``instruction``, which must be the run's sampling.instruction)."""
     missing = [c for c in ("teacher_samples", "teacher_majority") if c not in dataset.column_names]
     if missing:
         raise ValueError(f"dataset has no {missing} column(s): build it with the delta stage, "
@@ -43,15 +51,12 @@ def teacher_rows(dataset) -> tuple[list[dict[str, Any]], int]:
         if target is None:
             skipped += 1
             continue
-        rows.append({"image": r["image"], "question": r["question"], "target": target})
+        question = format_question(r["question"], r.get("choices") or None, instruction)
+        rows.append({"image": r["image"], "question": question, "target": target})
     return rows, skipped
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.configschema import load_dataclass
-    from trainer.data import load_prompts
-    from trainer.sft import SFTConfig, train_sft
-
     p = argparse.ArgumentParser(prog="deltaprompts train offpolicy", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="built dataset folder, Parquet glob or Hub id (user/name[@revision])")
@@ -61,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="an SFTConfig field, e.g. --set model=PATH --set steps=200")
     args = p.parse_args(argv)
     cfg = load_dataclass(SFTConfig, args.config, args.overrides, section="sft")
-    rows, skipped = teacher_rows(load_prompts(args.data, args.split))
+    rows, skipped = teacher_rows(load_prompts(args.data, args.split), cfg.instruction)
     print(f"off-policy: {len(rows)} prompts with a teacher target, {skipped} skipped (no sample "
           "in the teacher's majority class)")
     if not rows:

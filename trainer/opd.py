@@ -41,128 +41,47 @@ accuracy) runs every ``eval_every`` steps and is logged beside the training metr
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import random
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
+import transformers
+from tqdm.auto import tqdm
 
-from pipeline.audit import format_question
-from pipeline.delta import DEFAULT_INSTRUCTION
+from pipeline.core.configschema import load_dataclass
+from pipeline.core.reports import write_json
+from pipeline.sampling.prompts import format_question
 from trainer.batching import IGNORE_INDEX, collate, encode_prompt, join
+from trainer.config import OPDConfig
 from trainer.data import BadPrompt, TrainPrompt, decode_prompt, load_prompts, select_prompts
+from trainer.loop import (
+    DataOrder,
+    MetricsLog,
+    TrainState,
+    adamw,
+    autocast_dtype,
+    export_model,
+    load_checkpoint,
+    lr_at,
+    resolve_device,
+    resume_point,
+    save_checkpoint,
+    seed_everything,
+    set_lr,
+)
 from trainer.losses import (
     chunked_generalized_jsd,
     chunked_token_logprobs,
     sampled_reverse_kl,
 )
-from trainer.sft import (
-    DataOrder,
-    _rng_state,
-    _set_rng_state,
-    autocast_dtype,
-    latest_checkpoint,
-    lr_at,
-    resolve_device,
-)
 from trainer.visual_advantage import degrade, va_opd_loss, va_summary, visual_advantage
 
-STATE_FILE = "trainer_state.pt"
-METRICS_FILE = "metrics.jsonl"
-
-
-@dataclass
-class OPDConfig:
-    # models and data
-    student: str = ""  # checkpoint folder (or Hub id) of the student to train
-    teacher: str = ""  # checkpoint folder (or Hub id) of the teacher; same tokenizer
-    data: str = ""  # saved dataset folder, Parquet glob / folder, or Hub id[@revision] (trainer/data.py)
-    data_split: str = "train"
-    where: dict[str, Any] = field(default_factory=dict)  # column -> value or list of values
-    num_prompts: int | None = None  # train on a seeded sample of this many prompts (equal-size arms)
-    data_seed: int | None = None  # sample + order seed (None: seed)
-    instruction: str | None = DEFAULT_INSTRUCTION  # appended to each question (as in Δ measurement)
-    output_dir: str = "runs/opd"
-    # objective
-    mode: Literal["opd", "va_opd"] = "opd"
-    loss: Literal["reverse_kl", "gjsd"] = "reverse_kl"  # reverse_kl: sampled-token estimator
-    beta: float = 0.5  # gjsd only: 0 = forward KL(T||S), 1 = reverse KL(S||T)
-    loss_chunk_size: int = 256  # completion tokens projected to the vocabulary at a time
-    # VA-OPD (paper defaults)
-    degrade: Literal["downscale", "blur", "blank"] = "downscale"
-    degrade_factor: float = 0.1
-    va_high_frac: float = 0.2  # top ceil(frac·T) tokens by VA form the high group
-    va_lambda: float = 0.5  # weight of the high group's mean KL
-    va_tau: float = 1.0  # rollout-weight softmax temperature
-    va_eps: float = 1e-6
-    # rollouts and optimisation
-    steps: int = 100  # optimizer steps
-    prompts_per_step: int = 16
-    rollouts_per_prompt: int = 4  # K
-    max_new_tokens: int = 256
-    max_prompt_tokens: int | None = None  # longer prompts are skipped (never truncated)
-    grad_accum: int = 1  # micro-batches (of whole prompts) per step
-    lr: float = 1e-6
-    min_lr_ratio: float = 0.1  # cosine decays to lr * this
-    warmup_steps: int = 0
-    schedule: Literal["cosine", "constant"] = "constant"
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.95
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    # machine and bookkeeping
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    device: str = "auto"
-    num_threads: int | None = None  # torch CPU threads (None: torch's default)
-    log_every: int = 1
-    save_every: int = 0  # 0: only at the end
-    keep_checkpoints: int = 1
-    eval_every: int = 0  # measure teacher-student reverse KL on a fixed probe set (0: never)
-    eval_prompts: int = 8  # probe set: the first prompts of the selection
-    resume: bool = True  # continue from the latest checkpoint in output_dir, if any
-    progress: bool = True  # tqdm bar
-
-    def validate(self) -> None:
-        problems = []
-        for name in ("student", "teacher", "data"):
-            if not getattr(self, name):
-                problems.append(f"{name} is required")
-        if self.mode not in ("opd", "va_opd"):
-            problems.append(f"mode must be 'opd' or 'va_opd', got {self.mode!r}")
-        if self.loss not in ("reverse_kl", "gjsd"):
-            problems.append(f"loss must be 'reverse_kl' or 'gjsd', got {self.loss!r}")
-        if not 0.0 <= self.beta <= 1.0:
-            problems.append(f"beta must be in [0, 1], got {self.beta}")
-        for name in ("steps", "prompts_per_step", "rollouts_per_prompt", "max_new_tokens",
-                     "grad_accum", "loss_chunk_size", "log_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.grad_accum >= 1 and self.prompts_per_step % self.grad_accum:
-            problems.append(
-                f"prompts_per_step={self.prompts_per_step} must be a multiple of grad_accum={self.grad_accum} "
-                "(micro-batches hold whole prompts)"
-            )
-        if not 0.0 < self.degrade_factor <= 1.0:
-            problems.append(f"degrade_factor must be in (0, 1], got {self.degrade_factor}")
-        if not 0.0 < self.va_high_frac <= 1.0 or not 0.0 <= self.va_lambda <= 1.0:
-            problems.append("va_high_frac must be in (0, 1] and va_lambda in [0, 1]")
-        if problems:
-            raise ValueError("invalid OPD config: " + "; ".join(problems))
-
-
-# Fields that may change when resuming (bookkeeping, not the experiment).
-RESUMABLE_CHANGES = {"steps", "output_dir", "log_every", "save_every", "keep_checkpoints", "eval_every",
-                     "resume", "progress", "num_threads", "device"}
+CURVE_KEYS = ["loss", "divergence", "eval_reverse_kl", "grad_norm", "completion_len", "tokens_per_s",
+              "va_mean", "va_top10_share", "high_group_va_share"]
 
 
 class TokenizerMismatchError(ValueError):
@@ -213,15 +132,13 @@ def plain_sampling(model, max_new_tokens: int, num_return_sequences: int) -> Ite
     would bias the reverse-KL estimator, so during our sampling the checkpoint's config is
     swapped for one that holds only the special-token ids.
     """
-    from transformers import GenerationConfig
-
     original = model.generation_config
-    model.generation_config = GenerationConfig(
+    model.generation_config = transformers.GenerationConfig(
         eos_token_id=original.eos_token_id, pad_token_id=original.pad_token_id,
         bos_token_id=original.bos_token_id,
     )
     try:
-        yield GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+        yield transformers.GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                                max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences,
                                eos_token_id=original.eos_token_id, pad_token_id=original.pad_token_id)
     finally:
@@ -240,19 +157,8 @@ class PromptRollouts:
     degraded_enc: dict[str, Any] | None = None  # teacher encoding of the degraded image (va_opd)
 
 
-@dataclass
-class TrainState:
-    step: int = 0
-    position: int = 0  # data positions consumed (across epochs); skipped rows included
-    tokens: int = 0  # completion tokens trained on
-    elapsed_s: float = 0.0
-    skipped: dict[str, int] = field(default_factory=dict)  # reason -> prompts skipped
-
-
 class OPDTrainer:
     def __init__(self, cfg: OPDConfig, eval_fn: Callable[[Any, Any, int], dict[str, Any]] | None = None):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
         cfg.validate()
         self.cfg, self.eval_fn = cfg, eval_fn
         if cfg.num_threads:
@@ -261,16 +167,19 @@ class OPDTrainer:
         self.device = resolve_device(cfg)
         self.amp = autocast_dtype(cfg, self.device)
         self.state = TrainState()
+        self.metrics = MetricsLog(self.out)
 
         # Cheap checks first: processors load in a second, models may take minutes.
-        resume_from = self._resume_point()
-        self.processor = AutoProcessor.from_pretrained(str(resume_from) if resume_from else cfg.student)
-        self.teacher_processor = AutoProcessor.from_pretrained(cfg.teacher)
+        resume_from = resume_point(cfg)
+        auto_processor = transformers.AutoProcessor
+        self.processor = auto_processor.from_pretrained(str(resume_from) if resume_from else cfg.student)
+        self.teacher_processor = auto_processor.from_pretrained(cfg.teacher)
         check_same_tokenizer(self.processor, self.teacher_processor)
 
-        self.student = AutoModelForImageTextToText.from_pretrained(
+        auto_model = transformers.AutoModelForImageTextToText
+        self.student = auto_model.from_pretrained(
             str(resume_from) if resume_from else cfg.student, dtype=torch.float32).to(self.device)
-        self.teacher = AutoModelForImageTextToText.from_pretrained(
+        self.teacher = auto_model.from_pretrained(
             cfg.teacher, dtype=self.amp or torch.float32).to(self.device).eval()
         self.teacher.requires_grad_(False)
         if cfg.gradient_checkpointing:
@@ -294,39 +203,13 @@ class OPDTrainer:
         self.selection = select_prompts(self.dataset, cfg.where, cfg.num_prompts, data_seed)
         self.order = DataOrder(len(self.selection), shuffle=True, seed=data_seed)
 
-        decay, no_decay = [], []
-        for name, p in self.student.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.optimizer = adamw(self.student, cfg)
         if resume_from:
-            self._load_state(resume_from)
+            self.state = load_checkpoint(resume_from, self.optimizer)
         else:
-            random.seed(cfg.seed)
-            np.random.seed(cfg.seed)
-            torch.manual_seed(cfg.seed)
+            seed_everything(cfg.seed)
 
     # setup ----------------------------------------------------------------------------
-    def _resume_point(self) -> Path | None:
-        """The checkpoint to continue from; refuses to mix two different runs in one folder."""
-        last = latest_checkpoint(self.out)
-        if last is None:
-            return None
-        if not self.cfg.resume:
-            raise FileExistsError(
-                f"{self.out} already holds checkpoints ({last.name}); set resume=true to continue "
-                "that run or choose a new output_dir")
-        saved = torch.load(last / STATE_FILE, map_location="cpu", weights_only=False)["config"]
-        changed = sorted(k for k, v in asdict(self.cfg).items()
-                         if k not in RESUMABLE_CHANGES and saved.get(k) != v)
-        if changed:
-            raise ValueError(
-                f"cannot resume {self.out}: the config changed in {changed} since {last.name}; "
-                "use a new output_dir for a different experiment")
-        return last
-
     def _check_heads(self) -> None:
         s_head, t_head = self.student.get_output_embeddings(), self.teacher.get_output_embeddings()
         if s_head is None or t_head is None:
@@ -352,7 +235,7 @@ class OPDTrainer:
                 out.append(self._encode(decode_prompt(row)))
                 misses = 0
             except BadPrompt as e:
-                self.state.skipped[e.reason] = self.state.skipped.get(e.reason, 0) + 1
+                self.state.skip(e.reason)
                 misses += 1
                 if misses > len(self.selection):
                     raise RuntimeError(f"no usable prompt in the whole selection (skips: {self.state.skipped})") from None
@@ -470,13 +353,12 @@ class OPDTrainer:
                     self._sample(item, cfg.rollouts_per_prompt)
                     items.append(item)
                 except BadPrompt as e:
-                    self.state.skipped[e.reason] = self.state.skipped.get(e.reason, 0) + 1
+                    self.state.skip(e.reason)
         t_gen = time.perf_counter() - t0
         n_tok = sum(len(c) for it in items for c in it.completions)
 
         lr = lr_at(self.state.step, cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         self.optimizer.zero_grad(set_to_none=True)
         self.student.train()
         per_micro = cfg.prompts_per_step // cfg.grad_accum
@@ -542,12 +424,10 @@ class OPDTrainer:
 
     # the loop -------------------------------------------------------------------------
     def train(self) -> Path:
-        from tqdm.auto import tqdm
-
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        self._truncate_metrics(self.state.step)
-        (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str) + "\n")
+        self.metrics.truncate_after(self.state.step)
+        write_json(self.out / "config.json", asdict(cfg))
         bar = tqdm(total=cfg.steps, initial=self.state.step, disable=not cfg.progress,
                    desc=cfg.mode, dynamic_ncols=True)
         try:
@@ -570,84 +450,18 @@ class OPDTrainer:
         finally:
             bar.close()
         self.save_checkpoint()
-        return self.export(self.out / "final")
+        return export_model(self.student, self.processor, self.out / "final")
 
     def _log(self, record: dict[str, Any]) -> None:
         rec = {"step": self.state.step, "prompts_seen": self.state.position,
                "epoch": self.state.position / len(self.selection), "tokens_total": self.state.tokens,
                "skipped": dict(self.state.skipped), "elapsed_s": round(self.state.elapsed_s, 3)}
-        rec.update(record)
-        rec = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
-        with (self.out / METRICS_FILE).open("a") as f:
-            f.write(json.dumps(rec) + "\n")
+        self.metrics.append({**rec, **record})
 
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop metric lines logged after the checkpoint we resume from (they will be redone)."""
-        path = self.out / METRICS_FILE
-        if not path.exists():
-            return
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
-        if len(kept) != len(lines):
-            path.write_text("".join(ln + "\n" for ln in kept))
-
-    # checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        path = self.out / "checkpoints" / f"step_{self.state.step}"
-        if path.exists():
-            shutil.rmtree(path)  # an incomplete earlier attempt at this step
-        path.mkdir(parents=True)
-        self.student.save_pretrained(path)
-        self.processor.save_pretrained(path)
-        torch.save({"optimizer": self.optimizer.state_dict(), "state": asdict(self.state),
-                    "rng": _rng_state(), "config": asdict(self.cfg)}, path / f"{STATE_FILE}.tmp")
-        (path / f"{STATE_FILE}.tmp").replace(path / STATE_FILE)  # written last: marks it complete
-        older = sorted((p for p in path.parent.glob("step_*") if p != path), key=lambda p: int(p.name.split("_")[1]))
-        for old in older[: max(0, len(older) - (self.cfg.keep_checkpoints - 1))]:
-            shutil.rmtree(old)
-        plot_metrics(self.out / METRICS_FILE, self.out / "curves.png")
+        path = save_checkpoint(self.cfg, self.state, self.student, self.processor, self.optimizer)
+        self.metrics.plot(CURVE_KEYS)
         return path
-
-    def _load_state(self, path: Path) -> None:
-        blob = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
-        self.optimizer.load_state_dict(blob["optimizer"])
-        known = {f.name for f in fields(TrainState)}
-        self.state = TrainState(**{k: v for k, v in blob["state"].items() if k in known})
-        _set_rng_state(blob["rng"])
-
-    def export(self, path: Path) -> Path:
-        """The trained student for engines and evaluation: weights (fp32) + processor."""
-        path.mkdir(parents=True, exist_ok=True)
-        self.student.save_pretrained(path)
-        self.processor.save_pretrained(path)
-        return path
-
-
-def plot_metrics(metrics_path: Path, png_path: Path) -> Path | None:
-    """One small panel per logged curve (Agg canvas: no display, no global backend state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    if not metrics_path.exists():
-        return None
-    records = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
-    keys = [k for k in ("loss", "divergence", "eval_reverse_kl", "grad_norm", "completion_len", "tokens_per_s",
-                        "va_mean", "va_top10_share", "high_group_va_share")
-            if any(isinstance(r.get(k), (int, float)) for r in records)]
-    if not keys:
-        return None
-    cols = 3
-    rows = math.ceil(len(keys) / cols)
-    fig = Figure(figsize=(4 * cols, 3 * rows), tight_layout=True)
-    FigureCanvasAgg(fig)
-    for i, key in enumerate(keys):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 50 else None)
-        ax.set_title(key)
-        ax.set_xlabel("step")
-    fig.savefig(png_path, dpi=80)
-    return png_path
 
 
 def train_opd(cfg: OPDConfig, eval_fn: Callable[[Any, Any, int], dict[str, Any]] | None = None) -> Path:
@@ -662,14 +476,12 @@ def train_opd(cfg: OPDConfig, eval_fn: Callable[[Any, Any, int], dict[str, Any]]
 # --- CLI ---------------------------------------------------------------------------------
 def load_config(path: str | None, overrides: list[str]) -> OPDConfig:
     """An ``OPDConfig`` from a YAML/JSON file (or its `opd:` section) plus ``key=value``
-    overrides, validated against the dataclass's JSON Schema (pipeline/configschema.py)."""
-    from pipeline.configschema import load_dataclass
-
+    overrides, validated against the dataclass's JSON Schema (pipeline/core/configschema.py)."""
     return load_dataclass(OPDConfig, path, overrides, section="opd")
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m trainer.opd", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="deltaprompts train opd", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="YAML or JSON file with OPDConfig fields (or an `opd:` section)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field, e.g. --set mode=va_opd --set steps=50")

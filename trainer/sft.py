@@ -16,72 +16,44 @@ Loss normalisation: dividing each micro-batch's summed loss by the token count o
 the split into micro-batches (dividing by each micro-batch's own count would over-weight
 tokens in short micro-batches).
 
-A checkpoint holds the weights, optimizer and scheduler state, the step, every RNG state
-and the data position, so a resumed run continues exactly as if it had not stopped.
+Checkpoints, resume, the LR schedule and metrics are trainer/loop.py's (shared with OPD).
 
-    python -m trainer.sft --model DIR --data train.parquet --out runs/sft --steps 500
+    deltaprompts train sft --data train.parquet --set model=DIR --set output_dir=runs/sft --set steps=500
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import random
-import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
+import pyarrow.parquet as pq
 import torch
+import transformers
+from tqdm.auto import tqdm
 
+from pipeline.core.configschema import load_dataclass
+from pipeline.sampling.prompts import format_question
 from trainer.batching import IGNORE_INDEX, SFTCollator
-
-STATE_FILE = "trainer_state.pt"
-
-
-@dataclass
-class SFTConfig:
-    model: str = ""  # checkpoint folder (or Hub id) to start from
-    output_dir: str = "runs/sft"
-    steps: int = 100  # optimizer steps
-    batch_size: int = 8  # rows per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # cosine decays to lr * this
-    warmup_steps: int = 0
-    schedule: Literal["cosine", "constant"] = "cosine"
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.98
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    max_length: int | None = None  # tokens; the prompt (image block) is never cut
-    shuffle: bool = True  # a fresh permutation of the rows each epoch
-    seed: int = 0
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
-    device: str = "auto"
-    num_threads: int | None = None  # torch CPU threads (None: torch's default)
-    log_every: int = 10
-    save_every: int = 0  # 0: only at the end
-    keep_checkpoints: int = 1
-    eval_every: int = 0  # calls eval_fn every this many steps (0: never)
-    resume: bool = True  # continue from the latest checkpoint in output_dir, if any
-    final_dtype: Literal["float32", "bfloat16"] = "float32"  # of the exported final model
-    freeze: list[str] = field(default_factory=list)  # parameter-name prefixes kept fixed
-    progress: bool = True  # tqdm bar
-
-
-@dataclass
-class TrainState:
-    step: int = 0
-    position: int = 0  # rows consumed so far (across epochs)
-    tokens: int = 0  # completion tokens trained on so far
-    elapsed_s: float = 0.0
-    skipped: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
+from trainer.config import SFTConfig
+from trainer.loop import (
+    DataOrder,
+    MetricsLog,
+    TrainState,
+    adamw,
+    autocast_dtype,
+    export_model,
+    load_checkpoint,
+    lr_at,
+    resolve_device,
+    resume_point,
+    save_checkpoint,
+    seed_everything,
+    set_lr,
+)
 
 
 # --- losses ------------------------------------------------------------------------------
@@ -132,83 +104,11 @@ def accumulate_gradients(model, micro: list[dict[str, torch.Tensor]], n_tok: int
     return total
 
 
-# --- data order --------------------------------------------------------------------------
-class DataOrder:
-    """Which row sits at each data position: epoch-wise permutations keyed on the seed, so
-    the order is a pure function of (position, seed) and resuming needs only the position."""
-
-    def __init__(self, n_rows: int, shuffle: bool, seed: int):
-        self.n_rows, self.shuffle, self.seed = n_rows, shuffle, seed
-        self._epoch, self._perm = -1, []  # the current epoch's permutation, made lazily
-
-    def __call__(self, position: int) -> int:
-        epoch, offset = divmod(position, self.n_rows)
-        if not self.shuffle:
-            return offset
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.n_rows, generator=g).tolist()
-        return self._perm[offset]
-
-
-# --- setup helpers -----------------------------------------------------------------------
-def resolve_device(cfg: SFTConfig) -> torch.device:
-    if cfg.device != "auto":
-        return torch.device(cfg.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def autocast_dtype(cfg: SFTConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on GPU (fp32 master weights), none on CPU (bf16 matmuls are slow there
-    and the tiny models train fine in fp32)."""
-    if cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def lr_at(step: int, cfg: SFTConfig) -> float:
-    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine/constant."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return cfg.lr
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    cos = 0.5 * (1 + math.cos(math.pi * progress))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    ckpts = sorted(Path(output_dir, "checkpoints").glob("step_*"),
-                   key=lambda p: int(p.name.split("_")[1]))
-    done = [p for p in ckpts if (p / STATE_FILE).exists()]  # state written last = complete
-    return done[-1] if done else None
-
-
 # --- the trainer -------------------------------------------------------------------------
 class SFTTrainer:
     def __init__(self, cfg: SFTConfig, rows: Sequence[dict[str, Any]],
                  eval_fn: Callable[[Any, Any, int], dict[str, Any]] | None = None):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        if not cfg.model:
-            raise ValueError("SFTConfig.model is required (a checkpoint folder or Hub id)")
+        cfg.validate()
         if len(rows) == 0:
             raise ValueError("no training rows")
         self.cfg, self.rows, self.eval_fn = cfg, rows, eval_fn
@@ -219,11 +119,12 @@ class SFTTrainer:
         self.device = resolve_device(cfg)
         self.amp = autocast_dtype(cfg, self.device)
         self.state = TrainState()
+        self.metrics = MetricsLog(self.out)
 
-        resume_from = latest_checkpoint(self.out) if cfg.resume else None
+        resume_from = resume_point(cfg)
         load_from = str(resume_from) if resume_from else cfg.model
-        self.processor = AutoProcessor.from_pretrained(load_from)
-        self.model = AutoModelForImageTextToText.from_pretrained(load_from, dtype=torch.float32)
+        self.processor = transformers.AutoProcessor.from_pretrained(load_from)
+        self.model = transformers.AutoModelForImageTextToText.from_pretrained(load_from, dtype=torch.float32)
         self.model.to(self.device).train()
         self.collator = SFTCollator(self.processor, cfg.max_length)
         self.order = DataOrder(len(rows), cfg.shuffle, cfg.seed)
@@ -231,22 +132,15 @@ class SFTTrainer:
                   if any(n.startswith(prefix) for prefix in cfg.freeze)]
         if cfg.freeze and not frozen:
             raise ValueError(f"freeze {cfg.freeze}: no parameter name starts with these")
-        decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             if name in frozen:
                 p.requires_grad_(False)
-            if p.requires_grad:
-                (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.optimizer = adamw(self.model, cfg)
         if resume_from:
-            self._load_state(resume_from)
+            self.state = load_checkpoint(resume_from, self.optimizer)
+            self.collator.skipped = self.state.skipped.get("prompt_too_long", 0)
         else:
-            random.seed(cfg.seed)
-            np.random.seed(cfg.seed)
-            torch.manual_seed(cfg.seed)
+            seed_everything(cfg.seed)
 
     # data ------------------------------------------------------------------------------
     def _next_rows(self, k: int) -> list[dict[str, Any]]:
@@ -264,8 +158,7 @@ class SFTTrainer:
                 micro.append(batch)
         n_tok = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
         lr = lr_at(self.state.step, cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         if n_tok > 0:
@@ -277,15 +170,14 @@ class SFTTrainer:
             grad_norm = 0.0
         self.state.step += 1
         self.state.tokens += n_tok
-        self.state.skipped = self.collator.skipped
+        if self.collator.skipped:
+            self.state.skipped["prompt_too_long"] = self.collator.skipped
         return {"loss": total / max(n_tok, 1), "lr": lr, "grad_norm": grad_norm, "tokens": n_tok}
 
     # the loop --------------------------------------------------------------------------
     def train(self) -> Path:
-        from tqdm.auto import tqdm
-
         cfg = self.cfg
-        metrics = (self.out / "metrics.jsonl").open("a")
+        self.metrics.truncate_after(self.state.step)
         bar = tqdm(total=cfg.steps, initial=self.state.step, disable=not cfg.progress,
                    desc="sft", dynamic_ncols=True)
         window: list[dict[str, float]] = []
@@ -300,8 +192,7 @@ class SFTTrainer:
                 step = self.state.step
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     rec = self._log_record(window)
-                    metrics.write(json.dumps(rec) + "\n")
-                    metrics.flush()
+                    self.metrics.append(rec)
                     bar.set_postfix(loss=f"{rec['loss']:.4f}")
                     window = []
                 if self.eval_fn and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
@@ -311,59 +202,29 @@ class SFTTrainer:
                     self.model.train()
                     rec = {"step": step, "eval": result, "elapsed_s": round(self.state.elapsed_s, 2)}
                     self.state.history.append(rec)
-                    metrics.write(json.dumps(rec) + "\n")
-                    metrics.flush()
+                    self.metrics.append(rec)
                     t_last = time.perf_counter()  # evaluation time is not training time
                 if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
                     self.save_checkpoint()
                     t_last = time.perf_counter()  # saving time is not training time
         finally:
             bar.close()
-            metrics.close()
         self.save_checkpoint()
-        return self.export(self.out / "final")
+        dtype = torch.bfloat16 if cfg.final_dtype == "bfloat16" else torch.float32
+        return export_model(self.model, self.processor, self.out / "final", dtype)
+
+    def save_checkpoint(self) -> Path:
+        path = save_checkpoint(self.cfg, self.state, self.model, self.processor, self.optimizer)
+        self.metrics.plot(["loss", "grad_norm", "lr"])
+        return path
 
     def _log_record(self, window: list[dict[str, float]]) -> dict[str, Any]:
         toks = sum(w["tokens"] for w in window)
         loss = sum(w["loss"] * w["tokens"] for w in window) / max(toks, 1)
         return {"step": self.state.step, "loss": round(loss, 6), "lr": window[-1]["lr"],
                 "grad_norm": round(window[-1]["grad_norm"], 4), "tokens": self.state.tokens,
-                "rows": self.state.position, "skipped": self.state.skipped,
+                "rows": self.state.position, "skipped": dict(self.state.skipped),
                 "elapsed_s": round(self.state.elapsed_s, 2)}
-
-    # checkpoints ------------------------------------------------------------------------
-    def save_checkpoint(self) -> Path:
-        path = self.out / "checkpoints" / f"step_{self.state.step}"
-        path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
-        self.processor.save_pretrained(path)
-        torch.save({"optimizer": self.optimizer.state_dict(), "state": asdict(self.state),
-                    "rng": _rng_state(), "config": asdict(self.cfg)}, path / f"{STATE_FILE}.tmp")
-        (path / f"{STATE_FILE}.tmp").replace(path / STATE_FILE)  # marks the checkpoint complete
-        ckpts = sorted((p for p in path.parent.glob("step_*") if p != path),
-                       key=lambda p: int(p.name.split("_")[1]))
-        for old in ckpts[: max(0, len(ckpts) - (self.cfg.keep_checkpoints - 1))]:
-            shutil.rmtree(old)
-        return path
-
-    def _load_state(self, path: Path) -> None:
-        blob = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
-        self.optimizer.load_state_dict(blob["optimizer"])
-        known = {f.name for f in fields(TrainState)}
-        self.state = TrainState(**{k: v for k, v in blob["state"].items() if k in known})
-        self.collator.skipped = self.state.skipped
-        _set_rng_state(blob["rng"])
-
-    def export(self, path: Path) -> Path:
-        """The final model for engines: weights in ``final_dtype``, processor, tokenizer."""
-        path.mkdir(parents=True, exist_ok=True)
-        dtype = torch.bfloat16 if self.cfg.final_dtype == "bfloat16" else torch.float32
-        model = self.model.to(dtype)
-        model.config.dtype = self.cfg.final_dtype
-        model.save_pretrained(path)
-        self.model.to(torch.float32)
-        self.processor.save_pretrained(path)
-        return path
 
 
 def train_sft(cfg: SFTConfig, rows: Sequence[dict[str, Any]],
@@ -375,16 +236,21 @@ def train_sft(cfg: SFTConfig, rows: Sequence[dict[str, Any]],
 
 # --- CLI ---------------------------------------------------------------------------------
 class ParquetRows(Sequence):
-    """Rows of a Parquet file as {"image", "question", "target"} dicts, read once."""
+    """Rows of a Parquet file as {"image", "question", "target"} dicts, read once.
 
-    def __init__(self, path: str, target_column: str = "target", answer_format: str = "Answer: {}"):
-        import pyarrow.parquet as pq
+    ``question`` is the prompt as the models see it (pipeline/sampling/prompts.py): the
+    row's question, its options when it has ``choices``, then ``instruction``.
+    """
 
+    def __init__(self, path: str, target_column: str = "target", answer_format: str = "Answer: {}",
+                 instruction: str | None = None):
         table = pq.read_table(path)
         cols = set(table.column_names)
         if "question" not in cols:
             raise ValueError(f"{path}: no 'question' column")
-        self.questions = table.column("question").to_pylist()
+        choices = table.column("choices").to_pylist() if "choices" in cols else [None] * table.num_rows
+        self.questions = [format_question(q, c or None, instruction)
+                          for q, c in zip(table.column("question").to_pylist(), choices)]
         self.images = table.column("image").to_pylist() if "image" in cols else [None] * len(self.questions)
         if target_column in cols:
             self.targets = table.column(target_column).to_pylist()
@@ -409,25 +275,17 @@ class ParquetRows(Sequence):
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m trainer.sft", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="deltaprompts train sft", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="Parquet with question, image and target "
                    "(or answer/answers) columns")
     p.add_argument("--target-column", default="target")
-    for f in fields(SFTConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "output_dir":
-            flag = "--out"
-        if f.name == "freeze":
-            p.add_argument(flag, dest=f.name, nargs="*", default=[])
-        elif isinstance(f.default, bool):
-            p.add_argument(flag, dest=f.name, type=lambda s: s.lower() in ("1", "true", "yes"),
-                           default=f.default)
-        else:
-            kind = type(f.default) if f.default is not None else int
-            p.add_argument(flag, dest=f.name, type=kind, default=f.default)
-    a = vars(p.parse_args(argv))
-    rows = ParquetRows(a.pop("data"), a.pop("target_column"))
-    cfg = SFTConfig(**a)
+    p.add_argument("--config", help="YAML with SFTConfig fields (or an `sft:` section)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="an SFTConfig field, e.g. --set model=PATH --set steps=200 "
+                   f"(fields: {', '.join(f.name for f in fields(SFTConfig))})")
+    a = p.parse_args(argv)
+    cfg = load_dataclass(SFTConfig, a.config, a.overrides, section="sft")
+    rows = ParquetRows(a.data, a.target_column, instruction=cfg.instruction)
     print(train_sft(cfg, rows))
 
 

@@ -1,7 +1,7 @@
 """Engines: one sampling + scoring interface (see ``base``) and ``build_engine``.
 
-Backends are imported lazily: importing ``pipeline.engines`` pulls in neither torch nor
-vLLM, so config code and the OpenAI client stay light.
+Each backend imports its engine library (torch, vLLM, httpx clients) lazily, so importing
+``pipeline.engines`` costs nothing and config code and the CLI stay light.
 """
 
 from __future__ import annotations
@@ -10,15 +10,18 @@ import dataclasses
 import importlib.util
 import logging
 
+from pipeline.core.config import EngineConfig
 from pipeline.engines.base import (
     Completion,
     Engine,
-    EngineConfig,
     Request,
     RequestError,
+    SampleParams,
     SampleResult,
-    user_message,
 )
+from pipeline.engines.openai_engine import OpenAIEngine
+from pipeline.engines.transformers_engine import TransformersEngine
+from pipeline.engines.vllm_engine import VLLMEngine
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +31,9 @@ __all__ = [
     "EngineConfig",
     "Request",
     "RequestError",
+    "SampleParams",
     "SampleResult",
     "build_engine",
-    "user_message",
 ]
 
 
@@ -43,19 +46,13 @@ def build_engine(cfg: EngineConfig) -> Engine:
     if not cfg.model:
         raise ValueError("EngineConfig.model is required (a local path or Hub id)")
     if cfg.engine == "transformers":
-        from pipeline.engines.transformers_engine import TransformersEngine
-
         return TransformersEngine(cfg)
     if cfg.engine == "vllm":
         if not vllm_available():
             # Same requests, same outputs contract: a machine without vLLM still runs.
             log.warning("vLLM is not installed; running %s with the transformers engine", cfg.model)
             return build_engine(dataclasses.replace(cfg, engine="transformers"))
-        from pipeline.engines.vllm_engine import VLLMEngine
-
         return VLLMEngine(cfg)
     if cfg.engine == "openai":
-        from pipeline.engines.openai_engine import OpenAIEngine
-
         return OpenAIEngine(cfg)
     raise ValueError(f"unknown engine {cfg.engine!r}: expected vllm, transformers or openai")

@@ -13,7 +13,11 @@ transformers.
 
 from __future__ import annotations
 
-import torch
+from pipeline.core.lazy import lazy
+
+torch = lazy("torch")
+transformers = lazy("transformers")
+masking_utils = lazy("transformers.masking_utils")
 
 NAME = "deltaprompts_gqa_sdpa"
 
@@ -43,9 +47,6 @@ def gqa_sdpa_attention(
 
 def register() -> str:
     """Make ``NAME`` a valid ``attn_implementation`` (attention + sdpa-style masks)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(NAME, gqa_sdpa_attention)
-    AttentionMaskInterface.register(NAME, sdpa_mask)
+    transformers.AttentionInterface.register(NAME, gqa_sdpa_attention)
+    masking_utils.AttentionMaskInterface.register(NAME, masking_utils.sdpa_mask)
     return NAME

@@ -22,41 +22,14 @@ Conventions shared by all backends (tests hold each backend to them):
 
 from __future__ import annotations
 
-import io
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
-EngineName = Literal["vllm", "transformers", "openai"]
+import numpy as np
 
-
-@dataclass
-class EngineConfig:
-    """How to load one model (one per model in the run YAML)."""
-
-    engine: EngineName = "transformers"
-    model: str = ""  # local path or Hub id (required)
-    dtype: str = "auto"  # auto -> bfloat16 on CUDA, float32 on CPU
-    device: str = "auto"  # auto -> cuda when available, else cpu (transformers)
-    trust_remote_code: bool = False  # off unless a config sets it explicitly
-    max_pixels: int | None = None  # processor image cap (pixels); None = the model's own
-    min_pixels: int | None = None
-    max_model_len: int | None = None  # context cap; None = the model's max positions
-    tensor_parallel_size: int = 1  # vllm
-    gpu_memory_utilization: float = 0.85  # vllm
-    max_num_seqs: int | None = None  # vllm
-    limit_mm_per_prompt: int = 1  # vllm, images per prompt
-    enforce_eager: bool = False  # vllm: skip graph capture / compilation (faster start)
-    seed: int = 0  # engine-level seed (vllm); per-call seeds come through sample()
-    batch_size: int = 8  # transformers: prompts per forward
-    base_url: str | None = None  # openai, e.g. http://127.0.0.1:8000/v1
-    api_key_env: str = "OPENAI_API_KEY"  # openai: env var holding the key (never logged)
-    concurrency: int = 8  # openai: requests in flight
-    timeout_s: float = 120.0  # openai, per HTTP request
-    max_retries: int = 5  # openai: retries after the first attempt
-    retry_backoff_s: float = 1.0  # openai: first backoff (jittered, doubles per retry)
-    retry_backoff_max_s: float = 30.0  # openai: backoff (and Retry-After) cap
-    extra_body: dict[str, Any] = field(default_factory=dict)  # openai: merged into payload
+from pipeline.core.images import ImageError
+from pipeline.core.images import decode_image as _decode
 
 
 @dataclass
@@ -81,6 +54,38 @@ class SampleResult:
     prompt_tokens: int | None = None  # prompt length with image tokens, when known
 
 
+@dataclass(frozen=True)
+class SampleParams:
+    """Sampling settings of one call (vLLM's ``SamplingParams`` in spirit).
+
+    ``temperature=0`` is greedy. ``seed`` seeds the call: each request derives its own
+    seed from it and its position (:func:`request_seed`). ``logprobs`` asks for the
+    sampled tokens' log-probabilities at T=1; ``ignore_eos`` keeps decoding to
+    ``max_tokens`` (benchmarks; not every server supports it).
+    """
+
+    n: int = 1
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int | None = None
+    stop: tuple[str, ...] | None = None
+    logprobs: bool = False
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.stop is not None and not isinstance(self.stop, tuple):
+            object.__setattr__(self, "stop", tuple(self.stop))
+
+
 class RequestError(ValueError):
     """A single request cannot be served (bad image, too long, ...); names the request."""
 
@@ -88,22 +93,29 @@ class RequestError(ValueError):
 class Engine(ABC):
     """Sampling and teacher-forced scoring over one model."""
 
-    @abstractmethod
     def sample(
         self,
         requests: list[Request],
-        *,
-        n: int = 1,
-        temperature: float = 0.7,
-        top_p: float = 1.0,
-        max_tokens: int = 256,
-        seed: int | None = None,
-        stop: list[str] | None = None,
-        logprobs: bool = False,
-        ignore_eos: bool = False,
+        params: SampleParams | None = None,
+        **settings: Any,
     ) -> list[SampleResult]:
-        """n completions per request. ``temperature=0`` is greedy. ``ignore_eos`` keeps
-        decoding to ``max_tokens`` (benchmarks; not every server supports it)."""
+        """``params.n`` completions per request, one :class:`SampleResult` each, in order.
+
+        Settings come as a :class:`SampleParams` or as its fields by name
+        (``engine.sample(reqs, n=8, temperature=0.7, seed=3)``); they are checked here,
+        once, for every backend.
+        """
+        if params is None:
+            params = SampleParams(**settings)
+        elif settings:
+            raise TypeError("give either a SampleParams or its fields by name, not both")
+        if not requests:
+            return []
+        return self._sample(list(requests), params)
+
+    @abstractmethod
+    def _sample(self, requests: list[Request], params: SampleParams) -> list[SampleResult]:
+        """The backend's sampling; ``params`` are already validated."""
 
     @abstractmethod
     def score(self, requests: list[Request], completions: list[list[int]]) -> list[list[float]]:
@@ -122,13 +134,6 @@ class Engine(ABC):
 # --- helpers shared by the backends -------------------------------------------------
 
 
-def user_message(question: str, n_images: int = 1) -> list[dict]:
-    """The standard single-turn chat: ``n_images`` image parts, then the question."""
-    content: list[dict] = [{"type": "image"} for _ in range(n_images)]
-    content.append({"type": "text", "text": question})
-    return [{"role": "user", "content": content}]
-
-
 def request_name(request: Request, index: int) -> str:
     """How errors name a request: its id, else its position in the batch."""
     return f"request {request.id!r}" if request.id is not None else f"request #{index}"
@@ -144,32 +149,11 @@ def count_image_parts(messages: list[dict]) -> int:
 
 
 def decode_image(image: Any):
-    """A fully decoded RGB ``PIL.Image`` from a PIL image or encoded bytes.
-
-    Decoding eagerly (``load()``) makes a truncated or corrupt file fail here, with a
-    clear message, instead of deep inside a processor or an engine worker.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(image, dict) and "bytes" in image:  # the HF Image struct {bytes, path}
-        image = image["bytes"]
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        try:
-            img = Image.open(io.BytesIO(bytes(image)))
-            img.load()
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise RequestError(f"image is not decodable ({type(e).__name__}: {e})") from e
-    elif isinstance(image, Image.Image):
-        img = image
-        try:
-            img.load()
-        except (OSError, ValueError) as e:
-            raise RequestError(f"image is not decodable ({type(e).__name__}: {e})") from e
-    else:
-        raise RequestError(f"image must be PIL.Image or bytes, got {type(image).__name__}")
-    if img.width < 1 or img.height < 1:
-        raise RequestError(f"image has an empty size {img.size}")
-    return img if img.mode == "RGB" else img.convert("RGB")
+    """A decoded RGB ``PIL.Image`` (pipeline/core/images.py), or :class:`RequestError`."""
+    try:
+        return _decode(image)
+    except ImageError as e:
+        raise RequestError(str(e)) from e
 
 
 def prepare_images(request: Request) -> list:
@@ -180,17 +164,6 @@ def prepare_images(request: Request) -> list:
             f"{expected} image part(s) in the messages but {len(request.images)} image(s) given"
         )
     return [decode_image(im) for im in request.images]
-
-
-def validate_sampling(n: int, temperature: float, top_p: float, max_tokens: int) -> None:
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
 
 
 def truncate_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
@@ -206,6 +179,4 @@ def request_seed(seed: int | None, index: int) -> int | None:
     (same seed for every request would give identical samples for identical prompts)."""
     if seed is None:
         return None
-    import numpy as np
-
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0] & 0x7FFFFFFF)

@@ -38,17 +38,17 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt
 
+from pipeline.core.config import EngineConfig
 from pipeline.engines.base import (
     Completion,
     Engine,
-    EngineConfig,
     Request,
     RequestError,
+    SampleParams,
     SampleResult,
     decode_image,
     request_name,
     request_seed,
-    validate_sampling,
 )
 
 log = logging.getLogger(__name__)
@@ -241,38 +241,23 @@ class OpenAIEngine(Engine):
         usage = data.get("usage") or {}
         return SampleResult(completions=completions, prompt_tokens=usage.get("prompt_tokens"))
 
-    def sample(
-        self,
-        requests: list[Request],
-        *,
-        n: int = 1,
-        temperature: float = 0.7,
-        top_p: float = 1.0,
-        max_tokens: int = 256,
-        seed: int | None = None,
-        stop: list[str] | None = None,
-        logprobs: bool = False,
-        ignore_eos: bool = False,
-    ) -> list[SampleResult]:
-        validate_sampling(n, temperature, top_p, max_tokens)
+    def _sample(self, requests: list[Request], p: SampleParams) -> list[SampleResult]:
         payload: dict = {
             "model": self.cfg.model,
-            "n": n,
-            "temperature": temperature,
-            "top_p": top_p,
-            "max_tokens": max_tokens,
+            "n": p.n,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "max_tokens": p.max_tokens,
             **self.cfg.extra_body,
         }
-        if seed is not None:
-            payload["seed"] = seed  # replaced by a per-request seed in _one
-        if stop:
-            payload["stop"] = list(stop)
-        if logprobs:
+        if p.seed is not None:
+            payload["seed"] = p.seed  # replaced by a per-request seed in _one
+        if p.stop:
+            payload["stop"] = list(p.stop)
+        if p.logprobs:
             payload["logprobs"] = True
-        if ignore_eos:
+        if p.ignore_eos:
             payload["ignore_eos"] = True  # a vLLM extension; other servers may refuse it
-        if not requests:
-            return []
         workers = max(1, min(self.cfg.concurrency, len(requests)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-engine") as pool:
             futures = [pool.submit(self._one, r, i, payload) for i, r in enumerate(requests)]

@@ -24,21 +24,23 @@ import logging
 import math
 from dataclasses import dataclass
 
-import torch
-
+from pipeline.core.config import EngineConfig
+from pipeline.core.lazy import lazy
 from pipeline.engines.attention import register as register_gqa_sdpa
 from pipeline.engines.base import (
     Completion,
     Engine,
-    EngineConfig,
     Request,
     RequestError,
+    SampleParams,
     SampleResult,
     prepare_images,
     request_name,
     truncate_at_stop,
-    validate_sampling,
 )
+
+torch = lazy("torch")
+transformers = lazy("transformers")
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +93,15 @@ def sample_tokens(
 
 class TransformersEngine(Engine):
     def __init__(self, cfg: EngineConfig):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
-        self.processor = AutoProcessor.from_pretrained(
+        self.processor = transformers.AutoProcessor.from_pretrained(
             cfg.model, trust_remote_code=cfg.trust_remote_code
         )
         self._apply_pixel_limits()
         self.tokenizer = self.processor.tokenizer
-        self.model = AutoModelForImageTextToText.from_pretrained(
+        self.model = transformers.AutoModelForImageTextToText.from_pretrained(
             cfg.model,
             dtype=self.dtype,
             attn_implementation=register_gqa_sdpa(),  # sdpa without KV-head copies
@@ -235,21 +235,11 @@ class TransformersEngine(Engine):
 
     # --- sampling ------------------------------------------------------------------
 
-    @torch.inference_mode()
-    def sample(
-        self,
-        requests: list[Request],
-        *,
-        n: int = 1,
-        temperature: float = 0.7,
-        top_p: float = 1.0,
-        max_tokens: int = 256,
-        seed: int | None = None,
-        stop: list[str] | None = None,
-        logprobs: bool = False,
-        ignore_eos: bool = False,
-    ) -> list[SampleResult]:
-        validate_sampling(n, temperature, top_p, max_tokens)
+    def _sample(self, requests: list[Request], p: SampleParams) -> list[SampleResult]:
+        with torch.inference_mode():
+            return self._sample_all(requests, p)
+
+    def _sample_all(self, requests: list[Request], p: SampleParams) -> list[SampleResult]:
         prepared, errors = self.prepare_all(requests)
         results: list[SampleResult | None] = [None] * len(requests)
         for i, message in errors.items():
@@ -266,40 +256,20 @@ class TransformersEngine(Engine):
             else:
                 ok.append(item)
         generator = torch.Generator(device=self.device)
-        if seed is None:
+        if p.seed is None:
             generator.seed()
         else:
-            generator.manual_seed(seed)
+            generator.manual_seed(p.seed)
         for batch_items in self.batches(ok):
-            outs = self._sample_batch(
-                batch_items,
-                n,
-                temperature,
-                top_p,
-                max_tokens,
-                generator,
-                stop,
-                logprobs,
-                ignore_eos,
-            )
+            outs = self._sample_batch(batch_items, p, generator)
             for item, completions in zip(batch_items, outs):
                 results[item.index] = SampleResult(
                     completions=completions, prompt_tokens=item.length
                 )
         return results  # type: ignore[return-value]
 
-    def _sample_batch(
-        self,
-        items,
-        n,
-        temperature,
-        top_p,
-        max_tokens,
-        generator,
-        stop,
-        want_logprobs,
-        ignore_eos,
-    ) -> list[list[Completion]]:
+    def _sample_batch(self, items, p: SampleParams, generator) -> list[list[Completion]]:
+        n, want_logprobs = p.n, p.logprobs
         batch = self.collate(items)
         position_ids, real_lengths, delta = self.positions(batch)
         out = self.model(**batch, position_ids=position_ids, use_cache=True, logits_to_keep=1)
@@ -312,19 +282,19 @@ class TransformersEngine(Engine):
         real_lengths = real_lengths.repeat_interleave(n)
         delta = delta.repeat_interleave(n)
         # per-row generation cap: what is asked, within the context
-        caps = [min(max_tokens, self.max_len - p.length) for p in items for _ in range(n)]
+        caps = [min(p.max_tokens, self.max_len - it.length) for it in items for _ in range(n)]
 
         rows = len(caps)
         tokens: list[list[int]] = [[] for _ in range(rows)]
         lps: list[list[float]] = [[] for _ in range(rows)]
         finish: list[str | None] = [None] * rows
         active = torch.arange(rows, device=self.device)  # global row of each cache row
-        eos = set() if ignore_eos else self.eos_ids
-        stop = [s for s in (stop or []) if s]
+        eos = set() if p.ignore_eos else self.eos_ids
+        stop = [s for s in (p.stop or ()) if s]
         window = 2 * max((len(s) for s in stop), default=0) + 8  # tokens to re-decode
 
         while True:
-            next_tokens = sample_tokens(logits, temperature, top_p, generator)
+            next_tokens = sample_tokens(logits, p.temperature, p.top_p, generator)
             if want_logprobs:
                 chosen = logits.log_softmax(-1).gather(-1, next_tokens[:, None])[:, 0].tolist()
             keep: list[int] = []
@@ -358,9 +328,9 @@ class TransformersEngine(Engine):
             logits = out.logits[:, -1, :].float()
 
         results: list[list[Completion]] = []
-        for p in range(len(items)):
+        for k in range(len(items)):
             completions = []
-            for row in range(p * n, (p + 1) * n):
+            for row in range(k * n, (k + 1) * n):
                 text = self.tokenizer.decode(tokens[row], skip_special_tokens=True)
                 text, _ = truncate_at_stop(text, stop)
                 completions.append(
@@ -382,8 +352,11 @@ class TransformersEngine(Engine):
 
     # --- scoring -------------------------------------------------------------------
 
-    @torch.inference_mode()
     def score(self, requests: list[Request], completions: list[list[int]]) -> list[list[float]]:
+        with torch.inference_mode():
+            return self._score(requests, completions)
+
+    def _score(self, requests: list[Request], completions: list[list[int]]) -> list[list[float]]:
         if len(requests) != len(completions):
             raise ValueError(f"{len(requests)} requests but {len(completions)} completions")
         completions = [list(map(int, c)) for c in completions]

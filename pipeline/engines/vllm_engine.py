@@ -21,37 +21,37 @@ from __future__ import annotations
 import logging
 import os
 
+from pipeline.core.config import EngineConfig
+from pipeline.core.lazy import lazy
 from pipeline.engines.base import (
     Completion,
     Engine,
-    EngineConfig,
     Request,
     RequestError,
+    SampleParams,
     SampleResult,
     prepare_images,
     request_name,
     request_seed,
-    validate_sampling,
 )
+
+transformers = lazy("transformers")
+vllm = lazy("vllm")
+vllm_platforms = lazy("vllm.platforms")
 
 log = logging.getLogger(__name__)
 
 
 def _on_cpu() -> bool:
-    from vllm.platforms import current_platform
-
-    return current_platform.is_cpu()
+    return vllm_platforms.current_platform.is_cpu()
 
 
 class VLLMEngine(Engine):
     def __init__(self, cfg: EngineConfig):
-        from transformers import AutoProcessor
-
         self.cfg = cfg
         on_cpu = _on_cpu()
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        from vllm import LLM
 
         dtype = cfg.dtype
         if dtype == "auto":  # explicit, so CPU runs stay float32 (comparable with HF)
@@ -86,11 +86,11 @@ class VLLMEngine(Engine):
             kwargs["max_num_seqs"] = cfg.max_num_seqs
         if mm_kwargs:
             kwargs["mm_processor_kwargs"] = mm_kwargs
-        self.llm = LLM(**kwargs)
+        self.llm = vllm.LLM(**kwargs)
         self.max_len = int(self.llm.llm_engine.model_config.max_model_len)
         # The model's own HF processor, used here only to render the chat template and
         # count prompt tokens before submitting (see the module docstring).
-        self.processor = AutoProcessor.from_pretrained(
+        self.processor = transformers.AutoProcessor.from_pretrained(
             cfg.model, trust_remote_code=cfg.trust_remote_code
         )
         ip = getattr(self.processor, "image_processor", None)
@@ -127,39 +127,24 @@ class VLLMEngine(Engine):
 
     # --- sampling ------------------------------------------------------------------
 
-    def sample(
-        self,
-        requests: list[Request],
-        *,
-        n: int = 1,
-        temperature: float = 0.7,
-        top_p: float = 1.0,
-        max_tokens: int = 256,
-        seed: int | None = None,
-        stop: list[str] | None = None,
-        logprobs: bool = False,
-        ignore_eos: bool = False,
-    ) -> list[SampleResult]:
-        from vllm import SamplingParams
-
-        validate_sampling(n, temperature, top_p, max_tokens)
+    def _sample(self, requests: list[Request], p: SampleParams) -> list[SampleResult]:
         results: list[SampleResult | None] = [None] * len(requests)
-        todo: list[tuple[int, dict, SamplingParams]] = []
+        todo: list[tuple[int, dict, vllm.SamplingParams]] = []
         for i, request in enumerate(requests):
             try:
                 text, images, length = self._prepare(request)
             except RequestError as e:
                 results[i] = SampleResult(completions=[], error=f"{request_name(request, i)}: {e}")
                 continue
-            params = SamplingParams(
-                n=n,
-                temperature=temperature,
-                top_p=top_p,
-                max_tokens=min(max_tokens, self.max_len - length),
-                seed=request_seed(seed, i),
-                stop=list(stop) if stop else None,
-                logprobs=0 if logprobs else None,  # 0: just the sampled token's logprob
-                ignore_eos=ignore_eos,
+            params = vllm.SamplingParams(
+                n=p.n,
+                temperature=p.temperature,
+                top_p=p.top_p,
+                max_tokens=min(p.max_tokens, self.max_len - length),
+                seed=request_seed(p.seed, i),
+                stop=list(p.stop) if p.stop else None,
+                logprobs=0 if p.logprobs else None,  # 0: just the sampled token's logprob
+                ignore_eos=p.ignore_eos,
             )
             todo.append((i, self._prompt(text, images), params))
 
@@ -170,7 +155,7 @@ class VLLMEngine(Engine):
             completions = []
             for c in outcome.outputs:
                 lps = None
-                if logprobs and c.logprobs is not None:
+                if p.logprobs and c.logprobs is not None:
                     lps = [step[tok].logprob for step, tok in zip(c.logprobs, c.token_ids)]
                 completions.append(
                     Completion(
@@ -218,8 +203,6 @@ class VLLMEngine(Engine):
         image, which vLLM expands) followed by the completion ids, so the completion is
         scored exactly as given rather than re-tokenised from text.
         """
-        from vllm import SamplingParams
-
         if len(requests) != len(completions):
             raise ValueError(f"{len(requests)} requests but {len(completions)} completions")
         prompts, spans = [], []
@@ -241,7 +224,7 @@ class VLLMEngine(Engine):
                 prompt["multi_modal_data"] = {"image": images if len(images) > 1 else images[0]}
             prompts.append(prompt)
             spans.append(len(ids))
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+        params = vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
         scored = [j for j, c in enumerate(spans) if c]
         outputs = self.llm.generate([prompts[j] for j in scored], params, use_tqdm=False)
         scores: list[list[float]] = [[] for _ in requests]

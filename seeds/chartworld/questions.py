@@ -19,8 +19,10 @@ steps (value_of 42%, argmax 12%: it answered with the largest value or a fixed l
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 
 from seeds.chartworld.spec import Chart
 
@@ -220,9 +222,6 @@ def recompute_answer(chart: Chart, qa: QA) -> str:
     Independent of the family code above (it parses the question), so a test comparing
     the two catches a family that states a wrong answer.
     """
-    import re
-    from fractions import Fraction
-
     q = qa.question
     labels = chart.labels
     vals = dict(zip(labels, chart.values))

@@ -33,7 +33,7 @@ from functools import lru_cache
 
 from PIL import Image, ImageDraw, ImageFont
 
-from seeds.chartworld.spec import Chart, WorldConfig
+from seeds.chartworld.spec import PATCH, TOKEN, Chart, WorldConfig, capacity, item_token
 
 # Distinct, saturated colours that stay distinct on white and from each other.
 PALETTE: list[tuple[int, int, int]] = [
@@ -42,39 +42,6 @@ PALETTE: list[tuple[int, int, int]] = [
 ]
 INK = (20, 20, 20)
 GRID = (215, 215, 215)
-PATCH = 16  # a vision patch: every short text is centred in one
-TOKEN = 32  # a language-model token: 2x2 patches
-
-
-def capacity(kind: str, width: int, height: int) -> int:
-    """How many items a chart of ``kind`` can show at this size (one token each)."""
-    cols, rows = width // TOKEN, height // TOKEN
-    if kind in ("bar", "line"):  # title row, >= 1 plotting row, tick row
-        return cols if rows >= 3 else 0
-    if kind == "table":
-        return cols
-    if kind == "pie":  # the pie needs two columns beside the two-column legend
-        return 2 * (rows - 1) if cols >= 4 else 0
-    if kind == "document":
-        return (cols // 2) * (rows - 1)
-    raise ValueError(f"unknown chart kind {kind!r}")
-
-
-def item_token(kind: str, k: int, width: int, height: int) -> tuple[int, int]:
-    """(row, column) of the 32x32 token holding item ``k``'s label and value."""
-    cols, rows = width // TOKEN, height // TOKEN
-    if kind in ("bar", "line"):
-        return rows - 1, k
-    if kind == "table":
-        return 1, k
-    if kind == "pie":
-        return 1 + k // 2, cols - 2 + k % 2
-    if kind == "document":
-        per_row = cols // 2
-        return 1 + k // per_row, 2 * (k % per_row)
-    raise ValueError(f"unknown chart kind {kind!r}")
-
-
 @lru_cache(maxsize=8)
 def _font(size: int) -> ImageFont.FreeTypeFont:
     # Pillow's embedded font: identical glyphs on every machine with this Pillow version,

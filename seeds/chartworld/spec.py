@@ -13,12 +13,15 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from pipeline.core.skills import SKILLS as TAXONOMY
+
 ChartKind = Literal["bar", "line", "pie", "table", "document"]
 CHART_KINDS: list[str] = ["bar", "line", "pie", "table", "document"]
 
-SKILLS: list[str] = [
-    "retrieval", "extremum", "comparison", "counting", "arithmetic", "multihop", "text",
-]
+# The skills a chart-world question can exercise: the taxonomy (pipeline/core/skills.py)
+# but for what a chart of labelled marks cannot ask, in the taxonomy's order (which the
+# generator's draws depend on).
+SKILLS: list[str] = [s for s in TAXONOMY if s not in ("perception", "other")]
 
 # Category label sets. Short strings: a label has to fit under a bar of a small image.
 LABEL_SETS: dict[str, list[str]] = {
@@ -33,6 +36,41 @@ TITLES: list[str] = [
     "Sales", "Votes", "Rain", "Clicks", "Orders", "Profit", "Visits", "Scores",
     "Energy", "Budget", "Trips", "Births",
 ]
+
+
+# The token grid every chart is drawn on (render.py says why): an item's label and value
+# share one 32x32 language-model token, each glyph centred in its own 16x16 patch.
+PATCH = 16  # a vision patch: every short text is centred in one
+TOKEN = 32  # a language-model token: 2x2 patches
+
+
+def capacity(kind: str, width: int, height: int) -> int:
+    """How many items a chart of ``kind`` can show at this size (one token each)."""
+    cols, rows = width // TOKEN, height // TOKEN
+    if kind in ("bar", "line"):  # title row, >= 1 plotting row, tick row
+        return cols if rows >= 3 else 0
+    if kind == "table":
+        return cols
+    if kind == "pie":  # the pie needs two columns beside the two-column legend
+        return 2 * (rows - 1) if cols >= 4 else 0
+    if kind == "document":
+        return (cols // 2) * (rows - 1)
+    raise ValueError(f"unknown chart kind {kind!r}")
+
+
+def item_token(kind: str, k: int, width: int, height: int) -> tuple[int, int]:
+    """(row, column) of the 32x32 token holding item ``k``'s label and value."""
+    cols, rows = width // TOKEN, height // TOKEN
+    if kind in ("bar", "line"):
+        return rows - 1, k
+    if kind == "table":
+        return 1, k
+    if kind == "pie":
+        return 1 + k // 2, cols - 2 + k % 2
+    if kind == "document":
+        per_row = cols // 2
+        return 1 + k // per_row, 2 * (k % per_row)
+    raise ValueError(f"unknown chart kind {kind!r}")
 
 
 @dataclass
@@ -69,8 +107,6 @@ class WorldConfig:
             raise ValueError(f"need 0 <= min_value < max_value, got {self.min_value}..{self.max_value}")
         if self.width < 64 or self.height < 64 or self.width % 32 or self.height % 32:
             raise ValueError(f"image sides must be multiples of 32, at least 64; got {self.width}x{self.height}")
-        from seeds.chartworld.render import capacity  # render imports this module
-
         for kind in self.kinds:
             room = capacity(kind, self.width, self.height)
             if self.max_items > room:

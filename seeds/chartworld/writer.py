@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.schema import IMAGE_TYPE, with_hf_metadata
+from pipeline.core.schema import IMAGE_TYPE, with_hf_metadata
 from seeds.chartworld.generator import generate
 from seeds.chartworld.spec import WorldConfig
 

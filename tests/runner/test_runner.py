@@ -1,0 +1,166 @@
+"""The run folder: resume after SIGKILL, refuse-on-change, locking, Ray failures."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from pipeline.core import shards
+from pipeline.core.config import config_from_dict
+from pipeline.runner.run import (
+    Manifest,
+    RunError,
+    RunLockedError,
+    StageFailedError,
+    run_lock,
+    run_stage,
+)
+from pipeline.runner.stage import StageRegistry
+from tests.stages_for_tests import CountingStage, DoublingStage
+from tools.compare_runs import stage_table
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cfg(root, name="r", backend="local", **extra):
+    raw = {"run": {"name": name, "root": str(root)}, "execution": {"backend": backend}}
+    raw.update(extra)
+    return config_from_dict(raw)
+
+
+def _rows(stage_dir: Path) -> list[tuple]:
+    t = stage_table(stage_dir)
+    return sorted(zip(t.column("id").to_pylist(), t.column("value").to_pylist(),
+                      t.column("question").to_pylist()))
+
+
+def _spawn(root, name, sleep):
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.stages_for_tests", str(root), name, "local", str(sleep)],
+        cwd=REPO, start_new_session=True,
+    )
+
+
+def _wait_for_markers(stage_dir: Path, n: int, proc, timeout=60.0) -> None:
+    t0 = time.monotonic()
+    while len(list(stage_dir.glob("shard-*.done"))) < n:
+        assert proc.poll() is None, "runner exited before it could be interrupted"
+        assert time.monotonic() - t0 < timeout, "runner made no progress"
+        time.sleep(0.05)
+
+
+def test_sigkill_mid_run_then_rerun_gives_exactly_the_uninterrupted_rows(tmp_path):
+    ref_cfg = _cfg(tmp_path, "reference")
+    st = CountingStage()
+    run_stage(ref_cfg, st, StageRegistry([st]), progress=False)
+    reference = _rows(ref_cfg.run_dir / st.dirname)
+
+    proc = _spawn(tmp_path, "killed", sleep=0.3)
+    stage_dir = tmp_path / "killed" / st.dirname
+    _wait_for_markers(stage_dir, 3, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    done_before = shards.complete_shards(stage_dir)
+    assert 3 <= len(done_before) < 12, "the kill must land mid-run"
+    assert Manifest.read(stage_dir).status == "running"
+
+    cfg = _cfg(tmp_path, "killed")
+    with run_lock(cfg.run_dir):  # the dead process's lock is gone with it
+        man = run_stage(cfg, st, StageRegistry([st]), progress=False)
+    assert man.status == "complete"
+    got = _rows(stage_dir)
+    assert got == reference  # none lost, none duplicated, same contents
+    assert len({r[0] for r in got}) == len(got) == 12 * 10 - 1
+    assert man.skipped == {"unlucky": 1}
+    assert not list(stage_dir.glob(".*.tmp"))
+
+
+def test_rerun_skips_complete_shards(tmp_path):
+    cfg = _cfg(tmp_path)
+    st = CountingStage()
+    run_stage(cfg, st, StageRegistry([st]), progress=False)
+    stage_dir = cfg.run_dir / st.dirname
+    mtimes = {p.name: p.stat().st_mtime_ns for p in stage_dir.glob("shard-*.parquet")}
+    shards.remove_shard(stage_dir, 5)
+    (stage_dir / "shard-00007.parquet").write_bytes(b"truncated")  # a corrupt leftover
+    # What a SIGKILL between mkstemp and rename leaves, for any atomically written file.
+    leftovers = [".shard-00005.parquet.a1b2.tmp", ".manifest.json.c3d4.tmp", ".report.json.e5f6.tmp"]
+    for name in leftovers:
+        (stage_dir / name).write_bytes(b"partial")
+    run_stage(cfg, st, StageRegistry([st]), progress=False)
+    assert not [n for n in leftovers if (stage_dir / n).exists()]
+    after = {p.name: p.stat().st_mtime_ns for p in stage_dir.glob("shard-*.parquet")}
+    redone = {k for k in after if after[k] != mtimes.get(k)}
+    assert redone == {"shard-00005.parquet", "shard-00007.parquet"}
+    assert pq.read_table(stage_dir / "shard-00007.parquet").num_rows == 10
+
+
+def test_changed_config_or_input_is_refused_unless_recompute(tmp_path):
+    st1, st2 = CountingStage(n_shards=3), DoublingStage()
+    by_name = StageRegistry([st1, st2])
+    cfg = _cfg(tmp_path, sampling={"n": 4})
+    run_stage(cfg, st1, by_name, progress=False)
+    run_stage(cfg, st2, by_name, progress=False)
+    assert sorted(r[1] for r in _rows(cfg.run_dir / st2.dirname))[:3] == [0, 4, 8]
+
+    cfg3 = _cfg(tmp_path, sampling={"n": 5})
+    with pytest.raises(RunError, match="config changed"):
+        run_stage(cfg3, st2, by_name, progress=False)
+    run_stage(cfg3, st2, by_name, recompute=True, progress=False)
+    assert sorted(r[1] for r in _rows(cfg.run_dir / st2.dirname))[:3] == [0, 5, 10]
+
+    # Upstream recomputed with a different shard size -> downstream input hash changes.
+    cfg_b = _cfg(tmp_path, run={"name": "r", "root": str(tmp_path), "shard_size": 7}, sampling={"n": 5})
+    run_stage(cfg_b, CountingStage(n_shards=2), by_name, recompute=True, progress=False)
+    with pytest.raises(RunError, match="input shards changed"):
+        run_stage(cfg_b, st2, by_name, progress=False)
+
+
+def test_downstream_refuses_incomplete_upstream(tmp_path):
+    st1, st2 = CountingStage(n_shards=2), DoublingStage()
+    with pytest.raises(RunError, match="not complete"):
+        run_stage(_cfg(tmp_path), st2, StageRegistry([st1, st2]), progress=False)
+
+
+def test_second_concurrent_run_fails_clearly_and_first_is_unharmed(tmp_path):
+    proc = _spawn(tmp_path, "busy", sleep=0.15)
+    stage_dir = tmp_path / "busy" / "01-count"
+    _wait_for_markers(stage_dir, 1, proc)
+    with pytest.raises(RunLockedError, match=r"in use by pid \d+"):
+        with run_lock(tmp_path / "busy"):
+            pass
+    assert proc.wait(timeout=120) == 0
+    assert Manifest.read(stage_dir).status == "complete"
+    assert len(_rows(stage_dir)) == 119
+
+
+@pytest.mark.slow
+def test_ray_two_workers_process_every_shard_and_report_the_failing_one(tmp_path):
+    cfg = _cfg(tmp_path, backend="ray", execution={"backend": "ray", "num_workers": 2, "num_cpus": 2})
+    st = CountingStage(n_shards=8, fail=(2,))
+    try:
+        with pytest.raises(StageFailedError) as err:
+            run_stage(cfg, st, StageRegistry([st]), progress=False)
+        assert "shard 2: ValueError: boom in shard 2" in str(err.value)
+        stage_dir = cfg.run_dir / st.dirname
+        assert shards.complete_shards(stage_dir) == [0, 1, 3, 4, 5, 6, 7]
+        man = Manifest.read(stage_dir)
+        assert man.status == "failed" and "Traceback" in man.failures[0]["traceback"]
+        pids = {m["stats"]["pid"] for m in man.shards.values()}
+        assert len(pids) == 2 and os.getpid() not in pids  # two Ray workers did the work
+
+        fixed = CountingStage(n_shards=8)
+        man = run_stage(cfg, fixed, StageRegistry([fixed]), progress=False)
+        assert man.status == "complete" and man.rows == 79
+        redone = [m for m in man.shards.values() if m["stats"]["pid"] not in pids]
+        assert [m["index"] for m in redone] == [2]  # only the failed shard was run again
+    finally:
+        ray.shutdown()

@@ -1,0 +1,1 @@
+"""Layer 8: tooling outside the library layers (toy models, comparisons, model builds)."""
