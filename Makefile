@@ -10,7 +10,7 @@ export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup demo test stage-1 stage-2 stage-3 stage-4 stage-5 stage-6 all status \
-        push train eval bench tiny-models toy-models lint
+        push train eval bench reproduce tiny-models toy-models lint
 
 setup:
 	@bash scripts/setup.sh $(VENV)
@@ -51,6 +51,24 @@ eval: setup $(HELDOUT)
 
 bench: setup
 	$(PY) -m benchmarks $(ARGS)
+
+# Does the data teach? (benchmarks/teach.py; results in benchmarks/results/teach.{md,json,png})
+# The pipeline run with stage 3 on, the transfer student, then the experiment (resumable).
+# QUICK=1: a smoke check of every step in a few minutes (results under runs/, not committed).
+QUICK ?=
+reproduce: setup $(HELDOUT)
+ifeq ($(QUICK),1)
+	$(PY) -m pipeline.demo --config configs/teach.yaml --seeds 120 run.name=teach-quick \
+	    ingest.sources.0.path=data/chartworld-teach-quick ingest.sources.0.limit=120 run.shard_size=60
+	$(PY) -m benchmarks.teach --run runs/teach-quick --out runs/teach-quick-exp \
+	    --results runs/teach-quick-exp/teach --seeds 0 --small-seeds 0 --budgets 2 4 \
+	    --prompts-per-step 2 --heldout-n 100 --max-repeats 100 --student-b $(BEFORE) $(ARGS)
+else
+	$(PY) -m pipeline.demo --config configs/teach.yaml --seeds 1000
+	test -f models/chartworld/student_b/model.safetensors || \
+	    $(PY) -m tools.train_toys --out models/chartworld --only student_b
+	$(PY) -m benchmarks.teach $(ARGS)
+endif
 
 tiny-models: setup
 	$(PY) -m tools.tiny_models --out models/tiny

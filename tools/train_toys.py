@@ -139,7 +139,16 @@ STUDENT = ToySpec(
     lr=1e-3, seed=1, truncate_teacher=2,
     skill_weights={s: (0.0 if s in ("arithmetic", "multihop") else 1.0) for s in SKILLS},
 )
-SPECS = {"teacher": TEACHER, "student": STUDENT}
+# A second student of another shape, for the transfer setting of benchmarks/teach.py: the
+# teacher's first 3 of 4 layers (not 2), trained exactly as the first student was. It is
+# built by `make reproduce` (not committed); its accuracy per skill is measured there.
+STUDENT_B = ToySpec(
+    name="student_b", target="reasoning", hidden_size=256, num_layers=3, num_heads=4,
+    intermediate_size=768, vision_depth=2, vision_hidden=128, steps=800, warmup_steps=50,
+    lr=1e-3, seed=2, truncate_teacher=3,
+    skill_weights={s: (0.0 if s in ("arithmetic", "multihop") else 1.0) for s in SKILLS},
+)
+SPECS = {"teacher": TEACHER, "student": STUDENT, "student_b": STUDENT_B}
 
 
 def prompt_text(question: str, rng: random.Random) -> str:
@@ -496,7 +505,7 @@ def main(argv: list[str] | None = None) -> None:
     world = WorldConfig()
     tokenizer = build_tokenizer(tokenizer_corpus(), vocab_size=512)
     command = "python -m tools.train_toys " + shlex.join(sys.argv[1:] if argv is None else argv)
-    for name in [a.only] if a.only else ["teacher", "student"]:
+    for name in [a.only] if a.only else ["teacher", "student"]:  # student_b: only by name
         spec = SPECS[name]
         dest = out / name
         phases = _previous_phases(dest, Path(a.work) / name) if a.cont else []

@@ -41,6 +41,12 @@ class TrainConfig:
     save_every: int = 0  # 0: only at the end
     keep_checkpoints: int = 1
     eval_every: int = 0  # calls the trainer's eval every this many steps (0: never)
+    eval_at: list[int] = field(default_factory=list)  # ... and at these steps (learning curves)
+
+    def evaluates_at(self, step: int) -> bool:
+        """Whether the loop evaluates after optimizer step ``step``."""
+        periodic = self.eval_every and (step % self.eval_every == 0 or step == self.steps)
+        return bool(periodic) or step in self.eval_at
     resume: bool = True  # continue from the latest checkpoint in output_dir, if any
     progress: bool = True  # tqdm bar
 
@@ -66,7 +72,7 @@ class TrainConfig:
 
 # Fields that may change when resuming (bookkeeping, not the experiment).
 RESUMABLE_CHANGES = {"steps", "output_dir", "log_every", "save_every", "keep_checkpoints",
-                     "eval_every", "resume", "progress", "num_threads", "device"}
+                     "eval_every", "eval_at", "resume", "progress", "num_threads", "device"}
 
 
 @dataclass

@@ -33,7 +33,7 @@ only the data and the seed, one ``output_dir`` per arm and seed, e.g.
 (a) ``data=runs/x/05-filter`` (the high-Δ set); (b) ``data=<seed parquet>`` (a random
 seed sample: ``num_prompts`` draws it with ``data_seed``); (c) ``data=runs/x/04-delta``
 with ``where={zero_delta: true}``; each with ``seed`` in {0, 1, 2}. ``eval_fn`` (held-out
-accuracy) runs every ``eval_every`` steps and is logged beside the training metrics.
+accuracy) runs every ``eval_every`` steps and at ``eval_at``, logged beside the training metrics.
 
     python -m trainer.opd --config opd.yaml [--set key=value ...]
 """
@@ -437,7 +437,7 @@ class OPDTrainer:
                 step = self.state.step
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+                if cfg.evaluates_at(step):
                     record.update(self.measure_reverse_kl())
                     if self.eval_fn is not None:
                         self.student.eval()
@@ -468,7 +468,7 @@ def train_opd(cfg: OPDConfig, eval_fn: Callable[[Any, Any, int], dict[str, Any]]
     """Distil ``cfg.teacher`` into ``cfg.student`` on-policy; returns ``output_dir/final``.
 
     ``eval_fn(model, processor, step) -> dict`` (e.g. held-out accuracy) runs every
-    ``eval_every`` steps and lands in metrics.jsonl under ``eval``.
+    ``eval_every`` steps and at the ``eval_at`` steps, and lands in metrics.jsonl under ``eval``.
     """
     return OPDTrainer(cfg, eval_fn).train()
 

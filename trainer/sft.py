@@ -195,7 +195,7 @@ class SFTTrainer:
                     self.metrics.append(rec)
                     bar.set_postfix(loss=f"{rec['loss']:.4f}")
                     window = []
-                if self.eval_fn and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+                if self.eval_fn and cfg.evaluates_at(step):
                     self.model.eval()
                     with torch.no_grad():
                         result = self.eval_fn(self.model, self.processor, step)
