@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from pipeline.core.answers import MatchMode
 from pipeline.core.config import DeltaConfig, EngineConfig, SamplingConfig
 from pipeline.core.reports import save_png, write_json
 from pipeline.core.schema import add_columns, keep_rows
@@ -31,6 +32,7 @@ from pipeline.sampling.prompts import choices_of, requests_from_table
 
 log = logging.getLogger(__name__)
 
+
 def run_audit(
     data: str | Path,
     teacher_cfg: EngineConfig,
@@ -39,7 +41,7 @@ def run_audit(
     delta: DeltaConfig,
     out_dir: str | Path,
     limit: int | None = None,
-    match_mode: str = "relaxed",
+    match_mode: MatchMode = "relaxed",
 ) -> dict:
     """Load ``data``, measure Δ of every prompt with freshly built engines, write the
     outputs; returns the summary (the content of audit.json)."""
@@ -56,8 +58,8 @@ def run_audit(
         m = measure(table, teacher, None, sampling, delta, held=held)
     scored = add_columns(keep_rows(table, m.scored), delta_columns(m))
     samples = m.sample_counts(student_drawn_before=sum(len(a) for a in drawn.answers))
-    summary = summarize_table(scored, sampling, delta, samples, m.errors(table.column("id").to_pylist()),
-                              match_mode)  # type: ignore[arg-type]
+    summary = summarize_table(scored, sampling, delta, samples,
+                              m.errors(table.column("id").to_pylist()), match_mode)
     summary["dataset"] = str(data)
     summary["files"] = {"per_prompt": "audit.parquet", "histogram": "delta_hist.png"}
     out_dir.mkdir(parents=True, exist_ok=True)
