@@ -20,7 +20,8 @@ the call, and (c)'s calls hold fewer requests. So the skip's own effect is also 
 on (b)'s very samples: the kept prompts of (b) that (c) would skip (its student_solved
 set, which depends only on mine's answers), split by the teacher's majority in (b).
 
-    python -m benchmarks.teacher_cost            # --seeds 1000 --seed 21 (about 20 min on 2 cores)
+    python -m benchmarks.teacher_cost            # --seeds 1000 --seed 21 (about 10-20 min on 2 cores)
+    python -m benchmarks.teacher_cost --resume   # after an interruption: finished variants are kept
 
 Writes benchmarks/results/teacher_cost.{md,json}. Figures are reported as measured.
 """
@@ -28,6 +29,7 @@ Writes benchmarks/results/teacher_cost.{md,json}. Figures are reported as measur
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
@@ -169,8 +171,8 @@ def report_md(res: dict[str, Any]) -> str:
          f"start included: {v['full']['stage4_seconds']:.0f} s, {v['adaptive']['stage4_seconds']:.0f} s, "
          f"{v['skip']['stage4_seconds']:.0f} s; the shards alone (sampling and Δ): "
          f"{v['full']['stage4_shard_seconds']:.0f} s, {v['adaptive']['stage4_shard_seconds']:.0f} s, "
-         f"{v['skip']['stage4_shard_seconds']:.0f} s. The toy models sample fast, so the engine's start "
-         "dominates; the sample counts are the primary figures."),
+         f"{v['skip']['stage4_shard_seconds']:.0f} s. These times move with the machine's load; the sample "
+         "counts and kept sets (same seeds: deterministic) are the primary figures."),
         "",
         f"Command: `{res['command']}`  ",
         f"Machine: {res['machine']}; pool built with `{res['pool_command']}`, then stages 1-2 once "
@@ -235,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="runs")
     p.add_argument("--shard-size", type=int, default=100)
     p.add_argument("--out", default="benchmarks/results/teacher_cost")
+    p.add_argument("--resume", action="store_true",
+                   help="keep variants a previous (interrupted) invocation finished, with their timings")
     args = p.parse_args(argv)
 
     data = f"data/cw-cost{args.seeds}-s{args.seed}"
@@ -254,14 +258,17 @@ def main(argv: list[str] | None = None) -> int:
     variants: dict[str, dict[str, Any]] = {}
     for name, delta in VARIANTS.items():
         run = f"{args.name}-{name}"
-        shutil.rmtree(root / run, ignore_errors=True)
-        for stage in ("01-ingest", "02-mine"):
-            shutil.copytree(root / args.name / stage, root / run / stage)
-        before = os.getloadavg()
-        wall = cli_run(args.config, "4-5", run, {**common, **FILTER, **delta}, log)
-        after = os.getloadavg()
-        variants[name] = {**variant_figures(root / run), "run_4_5_wall_seconds": round(wall, 1),
-                          "load_before": f"{before[0]:.1f}", "load_after": f"{after[0]:.1f}"}
+        timing = root / run / "teacher_cost_timing.json"  # written once the variant is done
+        if not (args.resume and timing.is_file()):
+            shutil.rmtree(root / run, ignore_errors=True)
+            for stage in ("01-ingest", "02-mine"):
+                shutil.copytree(root / args.name / stage, root / run / stage)
+            before = os.getloadavg()
+            wall = cli_run(args.config, "4-5", run, {**common, **FILTER, **delta}, log)
+            after = os.getloadavg()
+            write_json(timing, {"run_4_5_wall_seconds": round(wall, 1), "load_before": f"{before[0]:.1f}",
+                                "load_after": f"{after[0]:.1f}"})
+        variants[name] = {**variant_figures(root / run), **json.loads(timing.read_text())}
         print(f"{name}: {variants[name]['teacher_drawn']} teacher samples, "
               f"{variants[name]['stage4_seconds']:.0f} s, kept {variants[name]['kept']}", flush=True)
 

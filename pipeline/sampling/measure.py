@@ -150,9 +150,9 @@ def measure(
                                            stop_reason=STUDENT_SOLVED)
             reports[i] = solved_report(p.student, choices[i])
         elif p.scored:
-            reports[i] = delta_report(p.teacher, p.student, delta, choices[i])
-            reports[i]["teacher_correct"] = majority_correct(  # type: ignore[index]
-                reports[i]["teacher_majority"], golds[i], grading, choices[i])  # type: ignore[index]
+            r = delta_report(p.teacher, p.student, delta, choices[i])
+            r["teacher_correct"] = majority_correct(r["teacher_majority"], golds[i], grading, choices[i])
+            reports[i] = r
         elif p.error is None:
             p.error = "no samples"
     return Measurement(prompts, reports, got.drawn)
