@@ -1,6 +1,7 @@
 """`make bench`: run the benchmarks; each writes its figures to benchmarks/results/.
 
-    python -m benchmarks [adaptive] [engines] [engines448] [opd]   (default: all that are cheap)
+    python -m benchmarks [adaptive] [engines] [engines448] [opd] [teacher_cost]
+                                                   (default: all that are cheap)
 
 Figures are for comparing later runs of the same command on the same machine; every
 results file names the machine and the exact command that made it.
@@ -21,11 +22,16 @@ BENCHES = {
                    "256", "--threads", "1", "--repeats", "2", "--out", "benchmarks/results/engines_448"],
     # one OPD / VA-OPD optimizer step on the chart-world toy pair (the trainer issue's figure)
     "opd": ["benchmarks.bench_opd", "--steps", "11", "--threads", "2"],
+    # stage 4's teacher samples: full N / adaptive / adaptive + student_solved skip, on a
+    # 1,000-seed chart-world pool built with the pipeline (about 20 min on 2 cores)
+    "teacher_cost": ["benchmarks.teacher_cost", "--seeds", "1000", "--seed", "21"],
 }
+# Run only when named: they take many minutes.
+SLOW = {"teacher_cost"}
 
 
 def main(argv: list[str]) -> int:
-    names = argv or list(BENCHES)
+    names = argv or [n for n in BENCHES if n not in SLOW]
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
         print(f"unknown benchmark(s) {unknown}; choose from {list(BENCHES)}", file=sys.stderr)

@@ -7,7 +7,10 @@ The paper's "up to 69% of prompts are zero-delta" measurement for a dataset you 
 have (pipeline/data/loader.py reads it). One model is in memory at a time (two vLLM
 engines rarely fit on one GPU): the student draws its full ``n`` first and is closed,
 then the teacher runs the adaptive policy against those answers, exactly as stage 4 does
-after mine (pipeline/sampling/measure.py). Writes into ``out_dir``:
+after mine (pipeline/sampling/measure.py), the student_solved rule included: with
+delta.skip_solved on, a prompt whose student answers all match gold counts as zero-delta
+without a teacher sample (set it to null to measure the teacher on every prompt).
+Writes into ``out_dir``:
 
 * ``audit.parquet``: one row per scored prompt (stage 4's Δ columns; images left out);
 * ``audit.json``: the summary, in the same format as stage 4's ``delta_summary.json``;
@@ -55,7 +58,8 @@ def run_audit(
     held = [PromptSamples(student=a, student_texts=t, student_truncated=c, error=e)
             for a, t, c, e in zip(drawn.answers, drawn.texts, drawn.truncated, drawn.errors)]
     with build_engine(teacher_cfg) as teacher:
-        m = measure(table, teacher, None, sampling, delta, held=held)
+        m = measure(table, teacher, None, sampling, delta, held=held,
+                    grading=match_mode)  # type: ignore[arg-type]
     scored = add_columns(keep_rows(table, m.scored), delta_columns(m))
     samples = m.sample_counts(student_drawn_before=sum(len(a) for a in drawn.answers))
     summary = summarize_table(scored, sampling, delta, samples,

@@ -6,6 +6,11 @@ without them (synthesised prompts from `rewrite`). With the adaptive policy the 
 call, then rounds of more for the prompts not yet decided (pipeline/sampling/policy.py).
 Δ, its bootstrap interval, and both sides' majority answers and agreement become columns
 (pipeline/sampling/measure.py: the same measurement as `deltaprompts audit`).
+
+Before any draw, a prompt with gold whose mined student answers are all correct
+(delta.skip_solved, graded with mine.grading) is decided without the teacher: stop_reason
+"student_solved", no teacher samples, Δ = 0 by definition. delta_summary.json and the
+manifest's report count them (samples.student_solved).
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ class DeltaStage(Stage):
     number = 4
     name = "delta"
     columns = DELTA_COLUMNS
-    config_keys = ["models.teacher", "models.student", "sampling", "delta"]
+    # mine.grading: how answers are matched to gold (the student_solved rule, teacher_correct).
+    config_keys = ["models.teacher", "models.student", "sampling", "delta", "mine.grading"]
     uses_models = True
 
     def upstream(self, cfg):
@@ -59,7 +65,8 @@ class DeltaStage(Stage):
 
     def process(self, cfg, state, task, table):
         held = held_from_table(table)
-        m = measure(table, state.teacher, state.student, cfg.sampling, cfg.delta, held=held)
+        m = measure(table, state.teacher, state.student, cfg.sampling, cfg.delta, held=held,
+                    grading=cfg.mine.grading)
         skipped = {"engine_error": m.scored.count(False)} if not all(m.scored) else {}
         reused = sum(len(h.student) for h, ok in zip(held, m.scored) if ok)
         stats = {"samples": m.sample_counts(student_reused=reused),

@@ -1,8 +1,11 @@
 """Stage 5, filter: keep prompts that expose a gap; dedup; balance.
 
-Drops, each counted under its reason: `zero_delta` (Δ below the threshold),
+Drops, each counted under its reason: `zero_delta` (Δ below the threshold, and every
+prompt stage 4 decided without the teacher: stop_reason `student_solved`),
 `teacher_disagrees` (teacher agreement below `filter.min_teacher_agreement`: the teacher
-is unsure, so its answer is a poor target), `near_duplicate` (same image, same question
+is unsure, so its answer is a poor target), `teacher_wrong` (with
+`filter.wrong_teacher_agreement` set: the teacher's majority misses the gold answer with
+at least that agreement, so distilling it would teach a wrong answer), `near_duplicate` (same image, same question
 up to case/punctuation/articles: pipeline/core/schema.question_key), `over_skill_cap` /
 `over_source_cap` (balance). Within a cap, higher-Δ prompts are kept first (ties broken
 by a seeded shuffle), so a cap removes the least informative prompts. Dedup and caps need
@@ -21,22 +24,29 @@ from pipeline.core.reports import write_json
 from pipeline.core.schema import keep_rows, question_key
 from pipeline.core.skills import UNKNOWN
 from pipeline.runner.stage import ShardOutput, ShardTask, Stage
+from pipeline.sampling.policy import STUDENT_SOLVED
 
 
 def drop_reasons(rows: list[dict[str, Any]], f: FilterConfig, threshold: float) -> list[str | None]:
     """Why each row is dropped (None: kept), in the order the filter decides.
 
     Rows need ``id``, ``image``, ``question``, ``source``, ``skill``, ``delta`` and
-    ``teacher_agreement``. Thresholds first; the survivors are ranked by Δ (highest
+    ``teacher_agreement``; ``stop_reason`` and ``teacher_correct`` are read when present
+    (absent: no prompt was student_solved, teacher correctness unknown). Thresholds first; the survivors are ranked by Δ (highest
     first, a seeded shuffle among equals), then deduplicated and capped in that order,
     so a duplicate or a capped prompt is always the less informative one.
     """
     reason: list[str | None] = [None] * len(rows)
+    wrong_at = f.wrong_teacher_agreement
     for i, r in enumerate(rows):
-        if r["delta"] < threshold:
+        # A student_solved prompt is zero-delta by definition, whatever the threshold.
+        if r.get("stop_reason") == STUDENT_SOLVED or r["delta"] < threshold:
             reason[i] = "zero_delta"
         elif r["teacher_agreement"] < f.min_teacher_agreement:
             reason[i] = "teacher_disagrees"
+        elif (wrong_at is not None and r.get("teacher_correct") is False
+              and r["teacher_agreement"] >= wrong_at):
+            reason[i] = "teacher_wrong"
     rng = random.Random(f.seed)
     tiebreak = {r["id"]: rng.random() for r in rows}
     order = sorted((i for i in range(len(rows)) if reason[i] is None),
@@ -76,8 +86,9 @@ class FilterStage(Stage):
     def process(self, cfg, state, task, table):
         f = cfg.filter
         threshold = f.threshold if f.threshold is not None else cfg.delta.threshold
-        rows = table.select(["id", "image", "question", "source", "skill", "delta",
-                             "teacher_agreement"]).to_pylist()
+        cols = ["id", "image", "question", "source", "skill", "delta", "teacher_agreement",
+                "stop_reason", "teacher_correct"]
+        rows = table.select([c for c in cols if c in table.column_names]).to_pylist()
         reason = drop_reasons(rows, f, threshold)
         kept = [r for r, x in zip(rows, reason) if x is None]
         return ShardOutput(

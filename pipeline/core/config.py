@@ -186,6 +186,10 @@ class DeltaConfig:
     k: int = 1  # first-round samples per model (defaults: see bench_adaptive)
     step: int = 2  # samples per model added by each further round (>= n-k: two rounds)
     unanimous_k: int = 5  # answers per model the unanimity stop needs (at least k, at most n)
+    # No teacher samples where the prompt has gold and the student's accuracy against it
+    # (mine.grading) over its n mined samples is >= this: stop_reason "student_solved",
+    # Δ = 0 by definition (pipeline/sampling/policy.py). None: always ask the teacher.
+    skip_solved: float | None = 1.0
     bootstrap: int = 200  # bootstrap resamples for the Δ interval (0: none)
     ci_level: float = 0.9  # two-sided coverage of the percentile interval
     bootstrap_seed: int = 0
@@ -203,6 +207,8 @@ class DeltaConfig:
             raise ValueError(f"delta.ci_level must be in (0, 1), got {self.ci_level}")
         if self.bootstrap < 0:
             raise ValueError(f"delta.bootstrap must be >= 0, got {self.bootstrap}")
+        if self.skip_solved is not None and not 0.0 < self.skip_solved <= 1.0:
+            raise ValueError(f"delta.skip_solved must be in (0, 1] or null, got {self.skip_solved}")
 
 
 # --------------------------------------------------------------------------- run blocks
@@ -301,7 +307,16 @@ class FilterConfig:
     max_per_skill: int | None = None
     max_per_source: int | None = None
     min_teacher_agreement: float = 0.0  # share of teacher samples on its majority answer
+    # Drop prompts whose teacher is confidently wrong: its majority misses the gold answer
+    # (teacher_correct false) with teacher_agreement >= this. None: keep them. Agreement is
+    # over the samples drawn (adaptive: a prompt decided after one sample has 1.0).
+    wrong_teacher_agreement: float | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        w = self.wrong_teacher_agreement
+        if w is not None and not 0.0 <= w <= 1.0:
+            raise ValueError(f"filter.wrong_teacher_agreement must be in [0, 1] or null, got {w}")
 
 
 @dataclass

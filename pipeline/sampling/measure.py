@@ -5,8 +5,14 @@ Stage 4 (``delta``) and the ``audit`` command are the same measurement: both cal
 draw :func:`delta_histogram`; they differ only in where the prompts and the student's
 samples come from (mine's shards, or a dataset and a fresh student pass).
 
-    m = measure(table, teacher, student, sampling, delta, held=held)
+    m = measure(table, teacher, student, sampling, delta, held=held, grading="relaxed")
     out = add_columns(keep_rows(table, m.scored), delta_columns(m))
+
+Prompts the policy's ``student_solved`` rule sets aside (delta.skip_solved: gold given,
+the student's held answers all correct) never reach the teacher engine. Their rows say
+``stop_reason = "student_solved"``, hold no teacher samples (empty lists; teacher majority,
+agreement and correctness null) and Δ = 0.0 with the interval [0, 0] and zero_delta true:
+by definition, not a measurement. The filter drops them as zero-delta.
 """
 
 from __future__ import annotations
@@ -20,12 +26,12 @@ import pyarrow as pa
 
 from pipeline.core.answers import MatchMode, answers_match
 from pipeline.core.config import DeltaConfig, SamplingConfig
-from pipeline.core.divergence import NO_ANSWER, delta_report
+from pipeline.core.divergence import NO_ANSWER, Answer, answer_counts, delta_report
 from pipeline.core.reports import COLORS, figure, grouped
 from pipeline.core.schema import column_or
 from pipeline.engines.base import Engine
 from pipeline.sampling.draw import AdaptiveDraw, PromptSamples, sample_adaptive
-from pipeline.sampling.policy import AdaptivePolicy
+from pipeline.sampling.policy import STUDENT_SOLVED, AdaptivePolicy, student_solved
 from pipeline.sampling.prompts import choices_of, requests_from_table
 
 # The columns Δ adds to a prompt table: name -> (type, what it holds). Stage 4 declares
@@ -35,13 +41,14 @@ DELTA_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "student_answers": (pa.list_(pa.string()), "final answers extracted from student_samples (null: no answer)"),
     "teacher_samples": (pa.list_(pa.string()), "the teacher's raw outputs (adaptive: as many as the policy drew, up to N)"),
     "teacher_answers": (pa.list_(pa.string()), "final answers extracted from teacher_samples"),
-    "delta": (pa.float64(), "answer divergence Δ (delta.metric) between the two answer distributions"),
+    "delta": (pa.float64(), "answer divergence Δ (delta.metric) between the two answer distributions (student_solved: 0.0 by definition)"),
     "delta_low": (pa.float64(), "lower end of Δ's bootstrap interval (delta.ci_level)"),
     "delta_high": (pa.float64(), "upper end of Δ's bootstrap interval"),
     "zero_delta": (pa.bool_(), "Δ < delta.threshold"),
-    "stop_reason": (pa.string(), "why sampling stopped short of N: unanimous, decided (exact), or null"),
-    "teacher_majority": (pa.string(), "the teacher's most frequent normalised answer"),
-    "teacher_agreement": (pa.float64(), "share of teacher answers in its majority class"),
+    "stop_reason": (pa.string(), "why sampling stopped short of N: unanimous, decided (exact), student_solved (no teacher samples: delta.skip_solved), or null"),
+    "teacher_majority": (pa.string(), "the teacher's most frequent normalised answer (null: no teacher samples)"),
+    "teacher_agreement": (pa.float64(), "share of teacher answers in its majority class (null: no teacher samples)"),
+    "teacher_correct": (pa.bool_(), "the teacher's majority matches the gold answers (mine.grading); null: no gold (LLM-rewritten prompts) or no teacher samples"),
     "student_majority": (pa.string(), "the student's most frequent normalised answer"),
     "student_agreement": (pa.float64(), "share of student answers in its majority class"),
 }
@@ -52,6 +59,19 @@ METRIC_LABELS = {"jsd": "Jensen-Shannon divergence (bits)", "tv": "total variati
 # What the summary reads of a measured table (the Δ columns plus the prompt's gold).
 SUMMARY_COLUMNS = ["source", "skill", "delta", "zero_delta", "teacher_answers", "student_answers",
                    "stop_reason", "answers", "choices", "teacher_majority", "student_majority"]
+
+
+# Rows whose `answers` are gold, for the student_solved rule and teacher_correct: seeds
+# (no `origin` column, or origin "seed") and the chart world's programmatic rewrites, whose
+# answers are computed from the chart. An LLM rewrite's answer was proposed by the
+# rewriter or is the teacher's own pseudo-label: no ground to judge either model by.
+GOLD_ORIGINS = (None, "seed", "programmatic")
+
+
+def gold_answers(table: pa.Table) -> list[list[str] | None]:
+    """Each row's gold answers, or None (none given, or not gold: :data:`GOLD_ORIGINS`)."""
+    return [list(a) if a and o in GOLD_ORIGINS else None
+            for a, o in zip(column_or(table, "answers"), column_or(table, "origin"))]
 
 
 @dataclass
@@ -96,21 +116,56 @@ def measure(
     sampling: SamplingConfig,
     delta: DeltaConfig,
     held: Sequence[PromptSamples] | None = None,
+    grading: MatchMode = "relaxed",
 ) -> Measurement:
-    """Sample what each prompt lacks (adaptive policy) and compute Δ with its report."""
+    """Sample what each prompt lacks (adaptive policy) and compute Δ with its report.
+
+    First the prompts the student already solves (``student_solved``, on ``held``) are set
+    aside without a draw; the others go through :func:`sample_adaptive`. ``grading``
+    matches answers to gold (mine.grading) for that rule and for ``teacher_correct``.
+    """
     choices = choices_of(table)
+    policy = AdaptivePolicy.of(sampling, delta, grading)
+    golds = gold_answers(table)
+    requests = requests_from_table(table, sampling.instruction)
+    n = len(requests)
+    if held is not None and len(held) != n:
+        raise ValueError(f"held has {len(held)} entries for {n} requests")
+    solved = [held is not None and held[i].error is None
+              and student_solved(held[i].student, golds[i], policy, choices[i]) for i in range(n)]
+    ask = [i for i in range(n) if not solved[i]]
     got: AdaptiveDraw = sample_adaptive(
-        teacher, student, requests_from_table(table, sampling.instruction), choices, sampling,
-        AdaptivePolicy.of(sampling, delta), held=held,
+        teacher, student, [requests[i] for i in ask], [choices[i] for i in ask], sampling, policy,
+        held=None if held is None else [held[i] for i in ask],
     )
-    reports = [
-        delta_report(p.teacher, p.student, delta, choices[i]) if p.scored else None
-        for i, p in enumerate(got.prompts)
-    ]
-    for p in got.prompts:
-        if p.error is None and not p.scored:
+    prompts: list[PromptSamples] = [PromptSamples() for _ in range(n)]
+    for i, p in zip(ask, got.prompts):
+        prompts[i] = p
+    reports: list[dict[str, Any] | None] = [None] * n
+    for i, p in enumerate(prompts):
+        if solved[i]:
+            h = held[i]  # type: ignore[index]
+            prompts[i] = p = PromptSamples(student=list(h.student), student_texts=list(h.student_texts),
+                                           student_truncated=h.student_truncated,
+                                           stop_reason=STUDENT_SOLVED)
+            reports[i] = solved_report(p.student, choices[i])
+        elif p.scored:
+            r = delta_report(p.teacher, p.student, delta, choices[i])
+            r["teacher_correct"] = majority_correct(r["teacher_majority"], golds[i], grading, choices[i])
+            reports[i] = r
+        elif p.error is None:
             p.error = "no samples"
-    return Measurement(got.prompts, reports, got.drawn)
+    return Measurement(prompts, reports, got.drawn)
+
+
+def solved_report(student_answers: Sequence[Answer], choices: Sequence[str] | None) -> dict[str, Any]:
+    """The report of a prompt decided without teacher samples (``student_solved``): Δ = 0
+    and its interval [0, 0] by definition; the teacher's fields are null."""
+    counts = answer_counts(student_answers, choices)
+    majority, top = counts.most_common(1)[0]
+    return {"delta": 0.0, "ci_low": 0.0, "ci_high": 0.0, "zero_delta": True,
+            "teacher_majority": None, "teacher_agreement": None, "teacher_correct": None,
+            "student_majority": majority, "student_agreement": top / len(student_answers)}
 
 
 def delta_columns(m: Measurement) -> dict[str, tuple[pa.DataType, list[Any]]]:
@@ -128,6 +183,7 @@ def delta_columns(m: Measurement) -> dict[str, tuple[pa.DataType, list[Any]]]:
         "stop_reason": [p.stop_reason for p, _ in kept],
         **{k: [r[k] for _, r in kept] for k in ("teacher_majority", "teacher_agreement",
                                                 "student_majority", "student_agreement")},
+        "teacher_correct": [r.get("teacher_correct") for _, r in kept],
     }
     return {name: (dtype, values[name]) for name, (dtype, _) in DELTA_COLUMNS.items()}
 
@@ -185,6 +241,7 @@ def summarize_table(
         for side in ("teacher", "student")
     }
     drawn = samples.get("teacher_drawn", 0) + samples.get("student_drawn", 0)
+    solved = sum(r.get("stop_reason") == STUDENT_SOLVED for r in rows)
     budget = 2 * sampling.n * (len(rows) + len(errors))
     return {
         "metric": delta.metric,
@@ -198,6 +255,9 @@ def summarize_table(
                                if budget else None),
             "stopped_early": {reason: sum(r.get("stop_reason") == reason for r in rows)
                               for reason in ("unanimous", "decided")},
+            # delta.skip_solved: prompts the teacher was never asked about, and the teacher
+            # samples full-n sampling would have drawn for them.
+            "student_solved": {"prompts": solved, "teacher_not_drawn": solved * sampling.n},
         },
         "no_answer_fraction": {
             "teacher": round(sum(a is None for a in t_all) / len(t_all), 4) if t_all else None,

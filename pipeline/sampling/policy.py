@@ -16,6 +16,19 @@ plainly different. The adaptive policy draws ``k`` samples per model first, then
 
 Otherwise the prompt draws on, up to ``n`` per side. ``step`` >= n-k gives two rounds.
 
+One rule is decided before any sample is drawn, on the teacher's side only:
+
+* **student_solved** (:func:`student_solved`, ``delta.skip_solved``): the prompt has gold
+  answers and the student's mined answers (at least ``n``) match them with accuracy >=
+  the bound (1.0: every one). The teacher is never asked: either it agrees (zero-delta)
+  or it is wrong, and distilling a wrong teacher teaches the wrong answer; neither is a
+  prompt worth keeping. Such a prompt holds no teacher samples and Δ = 0 by definition
+  (pipeline/sampling/measure.py). Unlike the two rules above it is not exact with respect
+  to full-``n`` sampling: a teacher that is right but less sure than the student (say 7
+  of 8) has Δ >= threshold under full ``n``; benchmarks/teacher_cost.py measures how
+  often. A prompt without gold, or whose student answers were not mined, is never
+  skipped this way.
+
 *The fixed-decision test.* With ``a`` teacher and ``b`` student answers held, the remaining
 ``max(0, n-a)`` and ``max(0, n-b)`` draws are completed adversarially (a side holding
 more than ``n`` keeps its counts). If the minimum of Δ over all completions is >= the
@@ -47,6 +60,8 @@ A margin of 1e-9 around the threshold keeps float rounding from ever deciding a 
 
 A stage runs the policy in batched rounds (:func:`pipeline.sampling.draw.sample_adaptive`):
 
+0. :func:`student_solved` sets aside the prompts the teacher is not asked about
+   (pipeline/sampling/measure.py: they never reach the engine);
 1. :func:`first_round_draws` says how many samples each model needs for the first round
    (``k`` minus what it already has; the student often has ``n`` from the ``mine`` stage,
    then 0), one batched engine call per model;
@@ -73,13 +88,18 @@ from math import comb
 
 import numpy as np
 
+from pipeline.core.answers import MatchMode, answers_match
 from pipeline.core.config import METRICS, DeltaConfig, Metric, SamplingConfig
 from pipeline.core.divergence import Answer, answer_class, answer_counts, delta_report, divergence
 
 
 @dataclass(frozen=True)
 class AdaptivePolicy:
-    """The policy's knobs: the budget ``n`` (sampling.n) and delta.{adaptive,k,step,...}."""
+    """The policy's knobs: the budget ``n`` (sampling.n) and delta.{adaptive,k,step,...}.
+
+    ``skip_solved`` is delta.skip_solved (None here: off, so a policy built by hand never
+    skips); ``grading`` is how answers are matched to gold for it (mine.grading).
+    """
 
     n: int = 8
     threshold: float = 0.05
@@ -88,6 +108,8 @@ class AdaptivePolicy:
     k: int = 1
     step: int = 2
     unanimous_k: int = 5
+    skip_solved: float | None = None
+    grading: MatchMode = "relaxed"
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -98,10 +120,39 @@ class AdaptivePolicy:
             raise ValueError(f"unknown Δ metric {self.metric!r}: use one of {METRICS}")
 
     @classmethod
-    def of(cls, sampling: SamplingConfig, delta: DeltaConfig) -> AdaptivePolicy:
+    def of(cls, sampling: SamplingConfig, delta: DeltaConfig,
+           grading: MatchMode = "relaxed") -> AdaptivePolicy:
         return cls(n=sampling.n, threshold=delta.threshold, metric=delta.metric,
                    adaptive=delta.adaptive, k=delta.k, step=delta.step,
-                   unanimous_k=delta.unanimous_k)
+                   unanimous_k=delta.unanimous_k, skip_solved=delta.skip_solved,
+                   grading=grading)
+
+
+# ------------------------------------------------------------------ before any draw
+
+STUDENT_SOLVED = "student_solved"
+
+
+def student_solved(
+    student_answers: Sequence[Answer],
+    golds: Sequence[str] | None,
+    policy: AdaptivePolicy,
+    choices: Sequence[str] | None = None,
+) -> bool:
+    """Whether the teacher is skipped: gold given, at least ``n`` student answers, and
+    their accuracy against gold (``policy.grading``) >= ``policy.skip_solved``.
+
+    Decided on the student's answers alone, before any teacher sample (see the module
+    doc). False when the rule is off, without gold, or with fewer than ``n`` answers
+    (the student's were not mined: they would be drawn here, after the decision).
+    """
+    if policy.skip_solved is None or not golds or len(student_answers) < policy.n:
+        return False
+    right = sum(a is not None and answers_match(a, list(golds), mode=policy.grading,
+                                                choices=choices)
+                for a in student_answers)
+    # Compared as counts, so a bound like 7/8 is met by exactly 7 of 8 despite rounding.
+    return right >= policy.skip_solved * len(student_answers) - 1e-9
 
 
 # ---------------------------------------------------------------------------- adaptive

@@ -44,6 +44,8 @@ def test_valid_config_builds_typed_dataclasses():
         (_raw(models={"teacher": {"engine": "vllm", "model": "m", "dtyp": "x"},
                       "student": {"model": "s"}}), r"models\.teacher\.dtyp: unknown key"),
         (_raw(bogus=1), r"(^|\s)bogus: unknown key"),
+        (_raw(delta={"skip_solved": 0}), r"delta\.skip_solved must be in \(0, 1\] or null"),
+        (_raw(filter={"wrong_teacher_agreement": 2}), r"filter\.wrong_teacher_agreement must be in \[0, 1\]"),
     ],
 )
 def test_config_errors_name_the_key_path(raw, message):

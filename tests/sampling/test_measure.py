@@ -212,3 +212,44 @@ def test_histogram_names_the_metric(tmp_path: Path) -> None:
         fig = delta_histogram([0.0, 0.5, 1.0], 0.05, metric)
         assert label in fig.axes[0].get_xlabel()
         assert save_png(fig, tmp_path / f"{metric}.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_student_solved_prompts_never_reach_the_teacher() -> None:
+    table = _table([{"answers": ["7"]}, {}, {"answers": ["7"]}, {"answers": ["7"]}])
+    # An LLM rewrite's answer is the teacher's pseudo-label, not gold: never skipped.
+    table = add_columns(table, {"origin": (pa.string(), ["seed", "seed", "seed_guided", "seed"])})
+    ids = table.column("id").to_pylist()
+    teacher, _ = _engines(table, [["Answer: 7"]] * 3 + [["Answer: 3"]], [[]] * 4)
+    held = [PromptSamples(student=["7"] * 4, student_texts=["Answer: 7"] * 4)] * 3 + [
+        PromptSamples(student=["7", "7", "3", "7"], student_texts=["Answer: 7"] * 4)]
+    sampling, delta = SamplingConfig(n=4), DeltaConfig(bootstrap=0)  # skip_solved: 1.0
+    m = measure(table, teacher, None, sampling, delta, held=held)
+
+    assert ids[0] not in {i for c in teacher.calls for i in c.ids}  # decided without the teacher
+    assert all(set(c.ids) == set(ids[1:]) for c in teacher.calls[:1])  # no gold / not gold / 3 of 4
+    s, r = m.samples, m.reports
+    assert s[0].stop_reason == "student_solved" and s[0].teacher == [] and s[0].student == ["7"] * 4
+    assert r[0]["delta"] == 0.0 and r[0]["zero_delta"] and r[0]["teacher_agreement"] is None
+    assert m.scored == [True] * 4 and m.drawn["teacher"] == sum(teacher.drawn.values())
+
+    scored, summary = _summary(table, m, sampling, delta, student_reused=16)
+    cols = scored.to_pydict()
+    assert cols["teacher_correct"] == [None, None, None, False]  # no gold, not gold, wrong majority
+    assert cols["teacher_samples"][0] == [] and cols["stop_reason"][0] == "student_solved"
+    assert summary["samples"]["student_solved"] == {"prompts": 1, "teacher_not_drawn": 4}
+    assert summary["majority_accuracy"]["n_with_gold"] == 2  # the teacher judged where it answered
+
+
+def test_with_every_prompt_solved_no_teacher_is_needed() -> None:
+    table = _table([{"answers": ["B"], "choices": ["x", "y"]}, {"answers": ["12"]}])
+    held = [PromptSamples(student=["B"] * 2, student_texts=["Answer: B"] * 2),
+            PromptSamples(student=["12"] * 2, student_texts=["Answer: 12"] * 2)]
+    m = measure(table, None, None, SamplingConfig(n=2), DeltaConfig(bootstrap=0), held=held)
+    assert [p.stop_reason for p in m.samples] == ["student_solved"] * 2 and m.drawn["teacher"] == 0
+    # Off: the same prompts need the teacher.
+    with pytest.raises(ValueError, match="teacher engine is needed"):
+        measure(table, None, None, SamplingConfig(n=2), DeltaConfig(skip_solved=None), held=held)
+    # A held failure is not a solved prompt: it stays an error, unscored.
+    failed = [PromptSamples(student=["12"] * 2, error="student: boom")] * 2
+    m = measure(table, None, None, SamplingConfig(n=2), DeltaConfig(), held=failed)
+    assert m.scored == [False, False] and m.samples[0].stop_reason is None

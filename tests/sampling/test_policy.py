@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.core.config import METRICS
+from pipeline.core.config import METRICS, DeltaConfig, SamplingConfig
 from pipeline.core.divergence import delta, divergence, is_zero_delta
 from pipeline.sampling.policy import (
     AdaptivePolicy,
@@ -21,6 +21,7 @@ from pipeline.sampling.policy import (
     further_draws,
     settled,
     stop_reason,
+    student_solved,
     unanimity_k,
 )
 
@@ -305,3 +306,34 @@ def test_non_adaptive_draws_n_at_once() -> None:
 def test_draw_returning_the_wrong_count_is_an_error() -> None:
     with pytest.raises(ValueError, match="returned 1 answers, expected 3"):
         adaptive_delta(lambda model, m: ["1"], AdaptivePolicy(n=8, k=3))
+
+
+# ------------------------------------------------------------------ student_solved
+
+
+def test_student_solved_needs_gold_n_answers_and_the_accuracy_bound() -> None:
+    on = AdaptivePolicy(n=8, skip_solved=1.0)
+    assert student_solved(["45"] * 8, ["45"], on)
+    assert student_solved(["45", "45%", "45.0", "45", "45", "45", "45", "45"], ["45"], on)  # graded, not spelled
+    assert not student_solved(["45"] * 7 + ["50"], ["45"], on)  # one wrong: not unanimous
+    assert not student_solved(["45"] * 7 + [None], ["45"], on)  # no answer counts as wrong
+    assert not student_solved(["45"] * 8, [], on) and not student_solved(["45"] * 8, None, on)  # no gold
+    assert not student_solved(["45"] * 4, ["45"], on)  # fewer than n: not mine's full draw
+    assert not student_solved(["45"] * 8, ["45"], AdaptivePolicy(n=8))  # off unless configured
+    # A lower bound counts answers: 7 of 8 meets 0.875 exactly, 6 of 8 does not.
+    seven = AdaptivePolicy(n=8, skip_solved=0.875)
+    assert student_solved(["45"] * 7 + ["9"], ["45"], seven)
+    assert not student_solved(["45"] * 6 + ["9"] * 2, ["45"], seven)
+    # Letters against options; the grading mode is the policy's (mine.grading).
+    assert student_solved(["B"] * 8, ["red"], on, choices=["blue", "red"])
+    assert student_solved(["3.9"] * 8, ["4"], on)  # relaxed: within 5%
+    assert not student_solved(["3.9"] * 8, ["4"], AdaptivePolicy(n=8, skip_solved=1.0, grading="exact"))
+
+
+def test_the_policy_takes_skip_solved_and_grading_from_config() -> None:
+    p = AdaptivePolicy.of(SamplingConfig(n=4), DeltaConfig(), "anls")
+    assert (p.n, p.skip_solved, p.grading) == (4, 1.0, "anls")  # on by default in the config
+    assert AdaptivePolicy.of(SamplingConfig(), DeltaConfig(skip_solved=None)).skip_solved is None
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="skip_solved"):
+            DeltaConfig(skip_solved=bad)

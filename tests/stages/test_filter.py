@@ -65,3 +65,19 @@ def test_the_stage_counts_every_drop_and_reports_what_it_kept():
     # filter.threshold overrides delta.threshold
     cfg = config_from_dict({"run": {"name": "t"}, "filter": {"threshold": 0.5}})
     assert FilterStage().process(cfg, None, ShardTask(0, [0]), table).table.num_rows == 2
+
+
+def test_student_solved_is_zero_delta_and_a_confidently_wrong_teacher_can_be_dropped():
+    solved = {**_row(0, 0.0, agreement=None), "stop_reason": "student_solved", "teacher_correct": None}
+    wrong = {**_row(1, 0.6, agreement=0.9), "teacher_correct": False}
+    unsure_wrong = {**_row(2, 0.6, agreement=0.5), "teacher_correct": False}
+    right = {**_row(3, 0.6, agreement=1.0), "teacher_correct": True}
+    no_gold = {**_row(4, 0.6, agreement=1.0), "teacher_correct": None}
+    rows = [solved, wrong, unsure_wrong, right, no_gold]
+    # Off by default: only the solved prompt goes, even with a zero threshold (Δ=0 is not < 0).
+    assert drop_reasons(rows, FilterConfig(), threshold=0.0) == ["zero_delta"] + [None] * 4
+    got = drop_reasons(rows, FilterConfig(wrong_teacher_agreement=0.8), threshold=0.05)
+    assert got == ["zero_delta", "teacher_wrong", None, None, None]
+    # min_teacher_agreement is checked first and names its own reason
+    got = drop_reasons(rows, FilterConfig(wrong_teacher_agreement=0.5, min_teacher_agreement=0.6), 0.05)
+    assert got == ["zero_delta", "teacher_wrong", "teacher_disagrees", None, None]
