@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline.data.card import CardInfo, dataset_license, render_card, size_category
 from pipeline.core.schema import (
     PROMPT_COLUMNS,
     hf_features,
@@ -22,6 +21,7 @@ from pipeline.core.schema import (
     prompt_schema,
     rows_to_table,
 )
+from pipeline.data.card import CardInfo, dataset_license, render_card, size_category
 
 STAGE_FIELDS = [
     pa.field("delta", pa.float64()),

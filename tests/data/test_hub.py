@@ -12,8 +12,8 @@ import logging
 import os
 import signal
 import subprocess
-import time
 import sys
+import time
 import traceback
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,10 +27,10 @@ import pytest
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 from PIL import Image
 
+from pipeline.core.schema import hf_features, make_prompt_row, rows_to_table
 from pipeline.data import hub
 from pipeline.data.card import render_card
 from pipeline.data.hub import PushError, push_dataset_folder
-from pipeline.core.schema import hf_features, make_prompt_row, rows_to_table
 from tests.hub_standin import HubStandIn, real_client_for_standin  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("real_client_for_standin")]

@@ -28,9 +28,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.core.schema import PROMPT_COLUMNS, hf_features, make_prompt_row, rows_to_table
 from pipeline.data.card import render_card
 from pipeline.data.hub import push_dataset_folder
-from pipeline.core.schema import PROMPT_COLUMNS, hf_features, make_prompt_row, rows_to_table
 from tests.engine_fixtures import image_bytes, make_image
 from tests.hub_standin import READS, HubStandIn, real_client_for_standin  # noqa: F401 (fixture)
 
