@@ -23,7 +23,6 @@ Checkpoints, resume, the LR schedule and metrics are trainer/loop.py's (shared w
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -36,6 +35,7 @@ import transformers
 from tqdm.auto import tqdm
 
 from pipeline.core.configschema import load_dataclass
+from pipeline.core.errors import ArgumentParser
 from pipeline.sampling.prompts import format_question
 from trainer.batching import IGNORE_INDEX, SFTCollator
 from trainer.config import SFTConfig
@@ -275,7 +275,7 @@ class ParquetRows(Sequence):
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="deltaprompts train sft", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="deltaprompts train sft", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="Parquet with question, image and target "
                    "(or answer/answers) columns")
     p.add_argument("--target-column", default="target")
