@@ -30,7 +30,14 @@ from typing import Any, Literal
 
 import yaml
 
-from pipeline.core.configschema import bounded, build, check_ranges, to_dict, validate
+from pipeline.core.configschema import (
+    bounded,
+    build,
+    check_ranges,
+    coerce_floats,
+    to_dict,
+    validate,
+)
 from pipeline.core.errors import ConfigError, SourceError
 from pipeline.core.images import DEFAULT_MAX_DECODE_PIXELS, DEFAULT_MAX_PIXELS
 
@@ -223,7 +230,7 @@ def run_name_problem(name: str) -> str | None:
     folder inside run.root, so nothing a run writes, or deletes, lands outside it."""
     if not name.strip():
         return "is empty"
-    if os.path.isabs(name) or name.startswith("~"):
+    if os.path.isabs(name):
         return "is an absolute path"
     if any(sep and sep in name for sep in ("/", "\\", os.sep, os.altsep)):
         return "contains a path separator"
@@ -442,6 +449,8 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"config {p} is a folder; give a YAML file, e.g. --config configs/demo.yaml")
+    if p.exists() and not p.is_file():
+        raise ConfigError(f"config {p} is not a regular file; give a YAML file, e.g. --config configs/demo.yaml")
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}; give a YAML file, e.g. --config configs/demo.yaml")
     try:
@@ -472,6 +481,7 @@ def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) ->
     moved = _moved(raw)
     if moved:
         raise ConfigError("invalid config:\n  " + "\n  ".join(moved))
+    coerce_floats(raw, RunConfig)
     validate(raw, RunConfig)
     try:
         return build(RunConfig, raw)

@@ -213,13 +213,31 @@ def load_dataclass(cls: type, path: str | None, overrides: list[str], section: s
         if not sep:
             raise ConfigError(f"override {item!r} is not key=value")
         data[key.strip()] = yaml.safe_load(value)
-    # YAML 1.1 reads `1e-6` (no dot) as a string; accept it where a number is expected.
-    hints = typing.get_type_hints(cls)
-    for key, value in data.items():
-        if isinstance(value, str) and hints.get(key) in (float, float | None):
-            try:
-                data[key] = float(value)
-            except ValueError:
-                pass  # left for the validator to report
+    coerce_floats(data, cls)
     validate(data, cls)
     return build(cls, data)
+
+
+def coerce_floats(raw: Any, cls: type) -> None:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string: turn such strings into numbers, in
+    place, wherever ``cls`` (a dataclass tree) expects a float; others are left for the
+    validator to report."""
+    if not isinstance(raw, dict) or not dataclasses.is_dataclass(cls):
+        return
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        _, tp = _is_optional(hints[f.name])
+        value = raw[f.name]
+        if tp is float and isinstance(value, str):
+            try:
+                raw[f.name] = float(value)
+            except ValueError:
+                pass
+        elif dataclasses.is_dataclass(tp):
+            coerce_floats(value, tp)
+        elif typing.get_origin(tp) is list and isinstance(value, list):
+            (item,) = typing.get_args(tp) or (Any,)
+            for v in value:
+                coerce_floats(v, item)

@@ -480,7 +480,7 @@ def producing_chain(run_dir: Path, last: str) -> list[Manifest]:
     chain: list[Manifest] = []
     name: str | None = last
     while name:
-        man = read_or_rebuild(run_dir / name)
+        man = Manifest.read(run_dir / name)  # unreadable: ManifestError, rerun that stage
         if man is None:
             raise RunError(f"{run_dir / name} has no manifest; run that stage first")
         chain.append(man)

@@ -39,6 +39,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (root / "empty.parquet").write_bytes(b"")
     (root / "text.parquet").write_text("this is not parquet\n" * 20)
     (root / "a-file").write_text("x")
+    (root / "bad.jsonl").write_bytes(b'{"question": "q", "image": "x.png"}\n\xff\xfe not utf-8\n')
     (root / "no-data").mkdir()
     (root / "run-dirs" / "r1" / "01-ingest").mkdir(parents=True)
     (root / "run-dirs" / "r1" / "01-ingest" / "manifest.json").write_text("{not json")
@@ -74,6 +75,7 @@ def _cases():
         ("config-folder", ["run", "--config", "{root}"], "is a folder"),
         ("config-binary", ["run", "--config", "{root}/binary.yaml"], "not a text file"),
         ("config-list", ["run", "--config", "{root}/list.yaml"], "top level must be a mapping"),
+        ("config-device", ["run", "--config", "/dev/null"], "is not a regular file"),
         ("config-broken-yaml", ["run", "--config", "{root}/broken.yaml"], "not valid YAML at line"),
         # values
         ("shard-size-0", one + ["run.shard_size=0"], "run.shard_size must be >= 1"),
@@ -82,6 +84,14 @@ def _cases():
         ("temperature-negative", one + ["sampling.temperature=-1"], "sampling.temperature must be >= 0"),
         ("top-p-zero", one + ["sampling.top_p=0"], "sampling.top_p must be in (0, 1]"),
         ("n-as-text", one + ["sampling.n=eight"], "sampling.n: expected integer"),
+        ("shard-size-float", one + ["run.shard_size=2.5"], "run.shard_size: expected integer"),
+        ("workers-0", one + ["execution.num_workers=0"], "execution.num_workers must be >= 1"),
+        ("ci-level-1", one + ["delta.ci_level=1"], "delta.ci_level must be in (0, 1)"),
+        ("validation-fraction", one + ["assemble.validation_fraction=1.2"], "validation_fraction"),
+        ("source-limit-negative", one + [src + "limit=-1"], "ingest.sources.0.limit must be >= 0"),
+        ("no-sources", one + ["ingest.sources=[]"], "ingest.sources is empty"),
+        ("unknown-backend", one + ["execution.backend=gpu"], "execution.backend: expected one of"),
+        ("root-empty", one + ["run.root="], "run.root is empty"),
         ("gpu-memory", one + ["models.teacher.gpu_memory_utilization=2"], "gpu_memory_utilization"),
         ("k-above-n", one + ["sampling.n=2", "delta.k=3"], "delta.k must be in [1, sampling.n=2]"),
         # run.name and run.root
@@ -102,6 +112,8 @@ def _cases():
         ("source-not-parquet", one + [src + "path={root}/text.parquet", src + "format=chartqa_lmms"],
          "is not a readable Parquet file"),
         ("source-unknown-format", one + [src + "format=chartqa"], "expected one of"),
+        ("source-jsonl-not-utf8", one + [src + "path={root}/bad.jsonl", src + "format=generic"],
+         "cannot read"),
         # stages out of order, run folders
         ("stage-before-its-input", ["stage", "2", "--config", "{cfg}", "run.name=fresh"],
          "input stage 01-ingest is not complete"),
@@ -117,11 +129,15 @@ def _cases():
         ("audit-not-parquet", ["audit", "--config", "{cfg}", "--data", "{root}/text.parquet"],
          "not readable as Parquet"),
         ("audit-no-run-data", ["audit", "--config", "{cfg}", "run.name=empty"], "no --data given"),
+        ("audit-limit-0", ["audit", "--config", "{cfg}", "--data", "{root}/cw", "--limit", "0"], "--limit 0"),
         # push (no dataset), train and eval arguments
         ("push-no-dataset", ["push", "--run", "{root}/run-dirs/r1", "--repo-id", "me/x"], "does not exist"),
         ("train-unknown-kind", ["train", "magic"], "invalid choice: 'magic'"),
         ("train-sft-no-data", ["train", "sft"], "required: --data"),
         ("train-opd-no-config-file", ["train", "opd", "--config", "{root}/nope.yaml"], "cannot read"),
+        ("train-opd-bad-values", ["train", "opd", "--set", "steps=-1"], "steps must be >= 1"),
+        ("train-sft-missing-data", ["train", "sft", "--data", "{root}/nope.parquet"], "does not exist"),
+        ("train-sft-not-parquet", ["train", "sft", "--data", "{root}/text.parquet"], "not readable as Parquet"),
         ("eval-no-model", ["eval", "--data", "{root}/cw"], "required: --model"),
         ("eval-missing-data", ["eval", "--model", "models/chartworld/student", "--data", "{root}/nowhere"],
          "does not exist"),
