@@ -36,10 +36,11 @@ from prompts_templates import TEMPLATE_ROOT
 TEMPLATE = "run_report.html.j2"
 REPORT = "report.html"
 THUMBNAIL = 340  # pixels, longest side
-# What the page reads of each measured prompt (the image only for the sampled ones).
+# What the page reads of each measured prompt; the image and the raw outputs only for the
+# prompts it shows (a big run's samples are most of its bytes).
 PROMPT_COLUMNS = ["id", "source", "skill", "question", "answers", "choices", "delta", "delta_low",
-                  "delta_high", "zero_delta", "teacher_answers", "student_answers",
-                  "teacher_samples", "student_samples"]
+                  "delta_high", "zero_delta", "teacher_answers", "student_answers"]
+SHOWN_COLUMNS = ["image", "teacher_samples", "student_samples"]
 
 
 def write_report(run_dir: Path, registry: StageRegistry, sample: int = 120) -> Path:
@@ -78,7 +79,7 @@ def collect(run_dir: Path, registry: StageRegistry, sample: int) -> dict[str, An
         "failures": (failures or {}).get("by_skill"),
         "measured": len(rows),
         "skills": sorted({r["skill"] for r in rows}),
-        "prompts": [_prompt_view(r, kept_ids) for r in _with_images(delta_dir, _sample(rows, kept_ids, sample))],
+        "prompts": [_prompt_view(r, kept_ids) for r in _shown(delta_dir, _sample(rows, kept_ids, sample))],
     }
 
 
@@ -129,15 +130,17 @@ def _sample(rows: list[dict[str, Any]], kept_ids: set[str] | None, sample: int) 
     return sorted(chosen, key=lambda r: (-r["delta"], r["id"]))[:sample]
 
 
-def _with_images(delta_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The chosen rows with their image as a thumbnail data URL (one read per shard)."""
+def _shown(delta_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chosen rows with their image (a thumbnail data URL) and raw outputs, one read
+    per shard."""
     by_shard: dict[int, list[dict[str, Any]]] = {}
     for r in rows:
         by_shard.setdefault(r["_at"][0], []).append(r)
     for n, rs in by_shard.items():
-        images = shards.read_shard(delta_dir, n, ["image"]).column("image")
+        table = shards.read_shard(delta_dir, n, SHOWN_COLUMNS)
         for r in rs:
-            r["image"] = _thumbnail(images[r["_at"][1]].as_py())
+            extra = table.slice(r["_at"][1], 1).to_pylist()[0]
+            r.update(extra, image=_thumbnail(extra["image"]))
     return rows
 
 

@@ -272,7 +272,7 @@ def run_stage(cfg: RunConfig, stage: Stage, registry: StageRegistry, *, recomput
     config_hash = cfg.hash_of(stage.hash_keys(cfg))
 
     old = read_or_rebuild(stage_dir, warn=not rebuild_only)  # rebuild_only: the caller says it
-    if old is not None and old.status == "rebuilt" and not old.config_hash:
+    if old is not None and old.status == "rebuilt" and not old.config_hash and not recompute:
         raise RunError(
             f"stage {stage.dirname} in {run_dir}: its manifest is unreadable and its shard "
             "markers do not record the config they were made with; rerun with --recompute "

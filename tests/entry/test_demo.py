@@ -25,21 +25,22 @@ def test_demo_config_runs_end_to_end_quietly_with_the_engines_output_in_its_log(
                  "ingest.sources.0.limit=12", "run.shard_size=6", "sampling.n=2", "delta.k=1",
                  "filter.threshold=0.0"]
     # cwd: the config's model paths are relative to the repo root
+    # bytes, not text=True: universal newlines would turn a progress bar's \r into lines
     proc = subprocess.run([sys.executable, "-m", "pipeline.demo", "--config", "configs/demo.yaml",
-                           *overrides], cwd=REPO, capture_output=True, text=True, timeout=1200)
-    terminal = proc.stdout + proc.stderr
+                           *overrides], cwd=REPO, capture_output=True, timeout=1200)
+    stdout, terminal = proc.stdout.decode(), (proc.stdout + proc.stderr).decode()
     assert proc.returncode == 0, terminal
-    assert "== demo summary ==" in proc.stdout and "zero-delta fraction" in proc.stdout
+    assert "== demo summary ==" in stdout and "zero-delta fraction" in stdout
     # lines as a terminal (or `wc -l`) counts them: a progress bar redraws itself with \r
     lines = terminal.rstrip("\n").split("\n")
     assert len(lines) < MAX_LINES, terminal
     assert not [ln for ln in lines if "INFO" in ln or "EngineCore" in ln or "ShardWorker" in ln]
     for stage in ("01-ingest", "02-mine", "04-delta", "05-filter", "06-assemble"):
-        assert re.search(rf"{stage}: \d+ rows, \d+ skipped", proc.stdout), stage
-    assert "03-rewrite: disabled in config" in proc.stdout
+        assert re.search(rf"{stage}: \d+ rows, \d+ skipped", stdout), stage
+    assert "03-rewrite: disabled in config" in stdout
 
     run_dir = tmp_path / "runs" / "demo"
-    log = Path(re.search(r"^logs: (\S+)", proc.stdout, re.M).group(1))
+    log = Path(re.search(r"^logs: (\S+)", stdout, re.M).group(1))
     assert log.parent == run_dir / "logs"
     logged = log.read_text()
     # the engines' start-up (vLLM, in the Ray workers and their engine processes) and Ray's own

@@ -218,6 +218,8 @@ def test_a_rebuilt_manifest_still_refuses_a_changed_config(tmp_path):
         done.write_text(json.dumps(marker))
     with pytest.raises(RunError, match="rerun with --recompute"):
         run_stage(_cfg(tmp_path), st, StageRegistry([st]), progress=False)
+    man = run_stage(_cfg(tmp_path), st, StageRegistry([st]), progress=False, recompute=True)
+    assert man.status == "complete" and man.rows == 19
 
 
 def test_an_unreadable_input_manifest_is_rebuilt_before_the_next_stage_reads_it(tmp_path, caplog):
