@@ -113,19 +113,20 @@ def stage_printer(cfg: RunConfig, console: Console | None = None):
 
 
 @contextmanager
-def run_console(cfg: RunConfig, verbose: bool, command: str) -> Iterator[Console]:
+def run_console(cfg: RunConfig, verbose: bool, command: str, words: list[str]) -> Iterator[Console]:
     """The run folder made (or a clear error), then the process's output captured into
-    ``<run>/logs/`` for the command (``verbose``: nothing captured); says where."""
+    ``<run>/logs/`` for the command (``verbose``: nothing captured); says where. ``words``:
+    the command line, the log's first line."""
     prepare_run_dir(cfg)
     path = None if verbose else log_file(cfg.run_dir, command)
-    with captured_output(path, header=" ".join(["deltaprompts", command] + sys.argv[2:])) as console:
+    with captured_output(path, header=" ".join(words)) as console:
         if path is not None:
             console.say(f"logs: {path} (-v shows them here)")
         yield console
 
 
 def _run(cfg: RunConfig, numbers: list[int], args, command: str, report: bool) -> int:
-    with run_console(cfg, args.verbose, command) as console:
+    with run_console(cfg, args.verbose, command, args.words) as console:
         run_stages(cfg, numbers, REGISTRY, recompute=args.recompute,
                    on_done=stage_printer(cfg, console), progress=console.err,
                    log_path=console.log_path)
@@ -194,7 +195,7 @@ def cmd_audit(args) -> int:
                              f"shards in {ingest}; give --data PATH or run stage 1 first")
         data = str(ingest / "shard-*.parquet")
     out = Path(args.out) if args.out else cfg.run_dir / "audit"
-    with run_console(cfg, args.verbose, "audit") as console:
+    with run_console(cfg, args.verbose, "audit", args.words) as console:
         summary = run_audit(data, cfg.models.teacher, cfg.models.student, cfg.sampling, cfg.delta,
                             out, limit=args.limit, match_mode=cfg.mine.grading)
         console.say(f"audit of {data}")
@@ -318,6 +319,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    args.words = ["deltaprompts", *argv]
     return args
 
 

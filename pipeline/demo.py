@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = p.parse_args(argv)
         cfg = load_config(args.config, args.overrides)
-        with run_console(cfg, args.verbose, "demo") as console:
+        with run_console(cfg, args.verbose, "demo", ["python -m pipeline.demo", *argv]) as console:
             ensure_chartworld_seeds(cfg, args.seeds, console)
             run_stages(cfg, REGISTRY.numbers, REGISTRY, on_done=stage_printer(cfg, console),
                        progress=console.err, log_path=console.log_path)

@@ -11,6 +11,8 @@ import json
 import os
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -41,6 +43,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (root / "a-file").write_text("x")
     (root / "bad.jsonl").write_bytes(b'{"question": "q", "image": "x.png"}\n\xff\xfe not utf-8\n')
     (root / "no-data").mkdir()
+    pq.write_table(pa.table({"question": pa.array([], pa.string())}), root / "no-rows.parquet")
     (root / "run-dirs" / "r1" / "01-ingest").mkdir(parents=True)
     (root / "run-dirs" / "r1" / "01-ingest" / "manifest.json").write_text("{not json")
     return {"root": root, "cfg": root / "ok.yaml"}
@@ -129,6 +132,8 @@ def _cases():
         ("audit-not-parquet", ["audit", "--config", "{cfg}", "--data", "{root}/text.parquet"],
          "not readable as Parquet"),
         ("audit-no-run-data", ["audit", "--config", "{cfg}", "run.name=empty"], "no --data given"),
+        ("audit-zero-rows", ["audit", "--config", "{cfg}", "--data", "{root}/no-rows.parquet"],
+         "holds no prompts (0 rows)"),
         ("audit-limit-0", ["audit", "--config", "{cfg}", "--data", "{root}/cw", "--limit", "0"], "--limit 0"),
         # push (no dataset), train and eval arguments
         ("push-no-dataset", ["push", "--run", "{root}/run-dirs/r1", "--repo-id", "me/x"], "does not exist"),
