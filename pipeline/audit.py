@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pipeline.core.answers import MatchMode
 from pipeline.core.config import DeltaConfig, EngineConfig, SamplingConfig
+from pipeline.core.errors import DataError
 from pipeline.core.reports import save_png, write_json
 from pipeline.core.schema import add_columns, keep_rows
 from pipeline.core.shards import atomic_write_table
@@ -50,6 +51,8 @@ def run_audit(
     outputs; returns the summary (the content of audit.json)."""
     out_dir = Path(out_dir)
     table = read_table(data, limit=limit)
+    if table.num_rows == 0:
+        raise DataError(f"{data} holds no prompts (0 rows); give a dataset with rows")
     log.info("audit: %d prompts from %s", table.num_rows, data)
     with build_engine(student_cfg) as student:
         drawn = draw_answers(student, requests_from_table(table, sampling.instruction),

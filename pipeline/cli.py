@@ -3,6 +3,11 @@
 Every subcommand takes `--config FILE` plus `key.sub=value` overrides, e.g.
 
     deltaprompts run --config configs/demo.yaml --stages 1-3 sampling.n=4
+
+A user's mistake (pipeline/core/errors.py) is one line on stderr and exit code 2; `-v`
+adds its traceback. Anything else is a bug and keeps its traceback. Runs are quiet: a
+progress bar per stage, a line when it ends, a summary; the engines', Ray's and our own
+logs go to runs/<run>/logs/ (`-v` shows everything on the terminal instead).
 """
 
 from __future__ import annotations
@@ -13,13 +18,31 @@ import json
 import logging
 import os
 import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.audit import run_audit
 from pipeline.core.config import RunConfig, load_config
-from pipeline.core.errors import ConfigError, UserError
+from pipeline.core.console import Console, captured_output, log_file
+from pipeline.core.errors import (
+    ArgumentParser,
+    ConfigError,
+    RunError,
+    UsageError,
+    UserError,
+    one_line,
+)
 from pipeline.data.hub import PushError, push_dataset_folder
-from pipeline.runner.run import Manifest, run_stages, stage_status
+from pipeline.report import write_report
+from pipeline.runner.run import (
+    Manifest,
+    StageFailedError,
+    prepare_run_dir,
+    run_stages,
+    stage_status,
+)
 from pipeline.runner.stage import Stage
 from pipeline.sampling.measure import summary_text
 from stages import REGISTRY
@@ -42,19 +65,26 @@ TRAINERS = {
 }
 
 
-def parse_stage_range(text: str) -> list[int]:
-    """'1-3' -> [1, 2, 3]; '2,4-6' -> [2, 4, 5, 6]."""
+def parse_stage_range(text: str, numbers: list[int] | None = None) -> list[int]:
+    """'1-3' -> [1, 2, 3]; '2,4-6' -> [2, 4, 5, 6]. UsageError for anything else, or for a
+    stage that does not exist (``numbers``: the stages there are; default: the registry)."""
+    numbers = REGISTRY.numbers if numbers is None else numbers
+    span = f"{numbers[0]}-{numbers[-1]}"
+    hint = f"stages are {span}; e.g. --stages {span} or --stages 2,4-{numbers[-1]}"
     out: list[int] = []
     for part in text.split(","):
         part = part.strip()
-        if "-" in part:
-            a, b = part.split("-", 1)
-            lo, hi = int(a), int(b)
-            if lo > hi:
-                raise argparse.ArgumentTypeError(f"bad stage range {part!r}")
-            out.extend(range(lo, hi + 1))
-        elif part:
-            out.append(int(part))
+        lo_text, dash, hi_text = part.partition("-")
+        if not part or not lo_text.strip().isdigit() or (dash and not hi_text.strip().isdigit()):
+            raise UsageError(f"--stages {text!r}: {part!r} is not a stage number or range; {hint}")
+        lo, hi = int(lo_text), int(hi_text) if dash else int(lo_text)
+        if lo > hi:
+            raise UsageError(f"--stages {text!r}: the range {part!r} runs backwards; write it "
+                             f"{hi}-{lo}")
+        missing = [n for n in range(lo, hi + 1) if n not in numbers]
+        if missing:
+            raise UsageError(f"--stages {text!r}: no stage {missing[0]}; {hint}")
+        out.extend(range(lo, hi + 1))
     return sorted(set(out))
 
 
@@ -68,54 +98,86 @@ def _load(args) -> RunConfig:
     return load_config(args.config, args.overrides)
 
 
-def stage_printer(cfg: RunConfig):
+def stage_printer(cfg: RunConfig, console: Console | None = None):
     """The ``on_done`` of run_stages that prints one line per stage as it ends."""
 
     def say(stage: Stage, man: Manifest | None) -> None:
+        out = console.out if console else sys.stdout
         if man is None:
-            print(f"{stage.dirname}: disabled in config, skipped")
+            print(f"{stage.dirname}: disabled in config, skipped", file=out, flush=True)
             return
         print(f"{stage.dirname}: {man.rows} rows, {sum(man.skipped.values())} skipped, "
-              f"{man.shards_total} shards, {man.seconds:.1f}s -> {cfg.run_dir / stage.dirname}")
+              f"{man.shards_total} shards, {man.seconds:.1f}s -> {cfg.run_dir / stage.dirname}",
+              file=out, flush=True)
     return say
 
 
-def cmd_run(args) -> int:
-    cfg = _load(args)
-    run_stages(cfg, parse_stage_range(args.stages), REGISTRY, recompute=args.recompute,
-               on_done=stage_printer(cfg))
+@contextmanager
+def run_console(cfg: RunConfig, verbose: bool, command: str, words: list[str]) -> Iterator[Console]:
+    """The run folder made (or a clear error), then the process's output captured into
+    ``<run>/logs/`` for the command (``verbose``: nothing captured); says where. ``words``:
+    the command line, the log's first line."""
+    prepare_run_dir(cfg)
+    path = None if verbose else log_file(cfg.run_dir, command)
+    with captured_output(path, header=" ".join(words)) as console:
+        if path is not None:
+            console.say(f"logs: {path} (-v shows them here)")
+        yield console
+
+
+def _run(cfg: RunConfig, numbers: list[int], args, command: str, report: bool) -> int:
+    with run_console(cfg, args.verbose, command, args.words) as console:
+        run_stages(cfg, numbers, REGISTRY, recompute=args.recompute,
+                   on_done=stage_printer(cfg, console), progress=console.err,
+                   log_path=console.log_path)
+        if report:
+            console.say(f"report: {write_report(cfg.run_dir, REGISTRY)}")
     return 0
+
+
+def cmd_run(args) -> int:
+    numbers = parse_stage_range(args.stages)
+    return _run(_load(args), numbers, args, "run", report=True)
 
 
 def cmd_stage(args) -> int:
-    cfg = _load(args)
-    run_stages(cfg, [args.number], REGISTRY, recompute=args.recompute, on_done=stage_printer(cfg))
-    return 0
+    return _run(_load(args), [args.number], args, "stage", report=False)
 
 
 def _run_dir(run: str, root: str) -> Path:
     p = Path(run)
-    return p if p.is_dir() else Path(root) / run
+    run_dir = p if p.is_dir() else Path(root) / run
+    if not run_dir.is_dir():
+        raise RunError(f"no run folder {run!r} (looked for that folder and for {root}/{run}); "
+                       f"give a run name under --root or a run folder path")
+    return run_dir
 
 
 def cmd_status(args) -> int:
     run_dir = _run_dir(args.run, args.root)
-    if not run_dir.is_dir():
-        print(f"no run folder {args.run} (looked in . and {args.root}/)", file=sys.stderr)
-        return 2
     rows = [stage_status(run_dir, st) for st in REGISTRY]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"run {run_dir}")
     for r in rows:
-        if r["status"] == "not started":
-            print(f"  {r['stage']:<12} not started")
+        if r["status"] in ("not started", "disabled"):
+            print(f"  {r['stage']:<12} {r['status']}")
             continue
         skipped = ", ".join(f"{k}={v}" for k, v in sorted(r["skipped"].items())) or "none"
         extra = f", failed shards {r['failed_shards']}" if r["failed_shards"] else ""
         print(f"  {r['stage']:<12} {r['status']:<9} shards {r['shards_done']}/{r['shards_total']}, "
               f"rows {r['rows']}, skipped: {skipped}{extra}")
+        if r.get("note"):
+            print(f"  {'':<12} note: {r['note']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    run_dir = _run_dir(args.run, args.root)
+    if args.sample < 1:
+        raise UsageError(f"--sample {args.sample}: give at least 1 prompt to show")
+    print(f"report: {write_report(run_dir, REGISTRY, sample=args.sample)}")
     return 0
 
 
@@ -123,13 +185,22 @@ def cmd_audit(args) -> int:
     cfg = _load(args)
     if cfg.models is None:
         raise ConfigError("audit needs models.teacher and models.student in the config")
-    data = args.data or str(cfg.run_dir / REGISTRY.by_name("ingest").dirname / "shard-*.parquet")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit}: give at least 1 prompt (or leave it out for all)")
+    data = args.data
+    if not data:
+        ingest = cfg.run_dir / REGISTRY.by_name("ingest").dirname
+        if not list(ingest.glob("shard-*.parquet")):
+            raise UsageError(f"audit: no --data given and run {cfg.run.name!r} has no ingest "
+                             f"shards in {ingest}; give --data PATH or run stage 1 first")
+        data = str(ingest / "shard-*.parquet")
     out = Path(args.out) if args.out else cfg.run_dir / "audit"
-    summary = run_audit(data, cfg.models.teacher, cfg.models.student, cfg.sampling, cfg.delta, out,
-                        limit=args.limit, match_mode=cfg.mine.grading)
-    print(f"audit of {data}")
-    print(summary_text(summary))
-    print(f"summary: {out / 'audit.json'}; histogram: {out / 'delta_hist.png'}")
+    with run_console(cfg, args.verbose, "audit", args.words) as console:
+        summary = run_audit(data, cfg.models.teacher, cfg.models.student, cfg.sampling, cfg.delta,
+                            out, limit=args.limit, match_mode=cfg.mine.grading)
+        console.say(f"audit of {data}")
+        console.say(summary_text(summary))
+        console.say(f"summary: {out / 'audit.json'}; histogram: {out / 'delta_hist.png'}")
     return 0
 
 
@@ -160,14 +231,16 @@ def cmd_eval(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="deltaprompts",
         description="Build VLM distillation data where teacher and student disagree "
         "(answer divergence Δ), stage by stage, resumable, on Ray.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="everything on the terminal: engine, Ray and debug logs, and the "
+                        "traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run a range of stages (default: all)", epilog=EPILOG,
@@ -192,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="runs", help="runs root (default: runs)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="write <run>/report.html: stages, Δ histogram, zero-delta "
+                       "and failures by source/skill, and prompts to browse (self-contained)")
+    p.add_argument("--run", required=True, help="run name (under --root) or run folder path")
+    p.add_argument("--root", default="runs", help="runs root (default: runs)")
+    p.add_argument("--sample", type=int, default=120, help="prompts to show (default: 120)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("audit", help="Δ of every prompt of an existing dataset: zero-delta "
                        "fraction overall and per source/skill, JSON summary + PNG histogram")
@@ -225,11 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     # Overrides may come anywhere (`stage 2 --config f sampling.n=3`): argparse binds the
     # positional list early, so collect the leftover key=value words here.
-    argv = sys.argv[1:] if argv is None else list(argv)
     args, extra = parser.parse_known_args(argv)
     if args.command in ("train", "eval"):
         # argparse's REMAINDER lets a leading option escape into `extra` (and so reorders
@@ -241,14 +319,37 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    args.words = ["deltaprompts", *argv]
+    return args
+
+
+def report_user_error(error: UserError, verbose: bool) -> int:
+    """One line on stderr (the traceback first under -v); exit code 2."""
+    if verbose:
+        traceback.print_exception(error)
+    print(f"error: {one_line(error)}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # -v before the command is ours (a trainer's own options come after it)
+    verbose = any(w in ("-v", "--verbose") for w in argv[:next(
+        (i for i, w in enumerate(argv) if not w.startswith("-")), len(argv))])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        args = _parse(build_parser(), argv)
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                            format="%(levelname)s %(name)s: %(message)s")
         return args.func(args)
     except UserError as e:
+        return report_user_error(e, verbose)
+    except StageFailedError as e:
+        # A bug in a stage task: the workers' tracebacks (the driver's own says nothing).
+        for f in e.failures:
+            print(f"--- shard {f.index} ---\n{f.traceback.rstrip()}", file=sys.stderr)
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1
     except KeyboardInterrupt:
         print("interrupted; completed shards are kept, rerun to resume", file=sys.stderr)
         return 130

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.config import SourceConfig
@@ -228,9 +229,34 @@ def load_source(src: SourceConfig) -> RecordTable:
     # Relative image paths resolve against the source folder (or the JSONL file's folder).
     base = image_dir or (root if root.is_dir() else root.parent)
     if loc.kind == "parquet":
-        return ParquetTable(list(loc.files), loc.description, base)
+        try:
+            return ParquetTable(list(loc.files), loc.description, base)
+        except (pa.ArrowException, OSError) as e:
+            raise SourceError(f"{where}: {_unreadable_parquet(loc.files, e)}; check the "
+                              "file (re-download or re-export it) or point path at another "
+                              "source") from e
     if len(loc.files) != 1:
         raise SourceError(f"{where}: expected one JSONL file for split {src.split!r}, "
                           f"found {[str(f) for f in loc.files]}")
     jsonl = loc.files[0]
-    return JsonlTable(jsonl, str(jsonl), image_dir or jsonl.parent)
+    try:
+        return JsonlTable(jsonl, str(jsonl), image_dir or jsonl.parent)
+    except (OSError, UnicodeDecodeError) as e:
+        raise SourceError(f"{where}: cannot read {jsonl} as UTF-8 JSONL "
+                          f"({type(e).__name__}: {e})") from e
+
+
+def _unreadable_parquet(files: Sequence[Path], error: Exception) -> str:
+    """Which Parquet file could not be opened, and why, in one phrase."""
+    for f in files:
+        try:
+            size = f.stat().st_size
+        except OSError:
+            return f"{f} cannot be opened ({error})"
+        if size == 0:
+            return f"{f} is empty (0 bytes), not a Parquet file"
+        try:
+            pq.ParquetFile(f)
+        except (pa.ArrowException, OSError) as e:
+            return f"{f} is not a readable Parquet file ({str(e).splitlines()[0]})"
+    return f"the Parquet files cannot be read ({error})"

@@ -13,6 +13,7 @@ import time
 import pyarrow as pa
 
 from pipeline.core.config import config_from_dict
+from pipeline.core.errors import DataError
 from pipeline.core.schema import make_prompt_row, rows_to_table
 from pipeline.runner.run import run_lock, run_stage
 from pipeline.runner.stage import ShardOutput, ShardTask, Stage, StageRegistry
@@ -21,14 +22,17 @@ EXTRA = [pa.field("value", pa.int64())]
 
 
 class CountingStage(Stage):
-    """Source stage: shard i holds rows i*10 .. i*10+9 (shard 0 skips one row, counted)."""
+    """Source stage: shard i holds rows i*10 .. i*10+9 (shard 0 skips one row, counted).
+    Shards in ``fail`` raise a bug (ValueError); in ``fail_user``, a user's error."""
 
     number = 1
     name = "count"
     config_keys = ["run.shard_size"]
 
-    def __init__(self, n_shards: int = 12, fail: tuple[int, ...] = (), sleep: float = 0.0):
+    def __init__(self, n_shards: int = 12, fail: tuple[int, ...] = (), sleep: float = 0.0,
+                 fail_user: tuple[int, ...] = ()):
         self.n_shards, self.fail, self.sleep = n_shards, set(fail), sleep
+        self.fail_user = set(fail_user)
 
     def plan(self, cfg, input_indices):
         return [ShardTask(index=i, payload={"start": i * 10}) for i in range(self.n_shards)]
@@ -37,6 +41,8 @@ class CountingStage(Stage):
         time.sleep(self.sleep)
         if task.index in self.fail:
             raise ValueError(f"boom in shard {task.index}")
+        if task.index in self.fail_user:
+            raise DataError("the counting source data/count.txt is unreadable; restore it")
         rows, skipped = [], {}
         for v in range(task.payload["start"], task.payload["start"] + 10):
             if v == 3:
@@ -61,6 +67,26 @@ class DoublingStage(Stage):
         vals = [v * cfg.sampling.n for v in table.column("value").to_pylist()]
         return ShardOutput(table.set_column(table.schema.get_field_index("value"), "value",
                                             pa.array(vals, pa.int64())))
+
+
+class OptionalStage(DoublingStage):
+    """An optional stage (like rewrite): on only when ``rewrite.enabled``."""
+
+    number = 2
+    name = "optional"
+
+    def enabled(self, cfg):
+        return cfg.rewrite.enabled
+
+
+class AfterOptionalStage(DoublingStage):
+    """Reads the optional stage when it is on, else the source stage (like delta)."""
+
+    number = 3
+    name = "after"
+
+    def upstream(self, cfg):
+        return "optional" if cfg.rewrite.enabled else "count"
 
 
 def run_counting(root: str, name: str, backend: str, sleep: float) -> None:

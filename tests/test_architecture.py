@@ -27,7 +27,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("stages", ("stages",)),
     ("trainer", ("trainer",)),
     ("tools", ("tools", "benchmarks")),
-    ("entry", ("pipeline.cli", "pipeline.demo", "pipeline.audit", "pipeline.__main__")),
+    ("entry", ("pipeline.cli", "pipeline.demo", "pipeline.audit", "pipeline.report",
+               "pipeline.__main__")),
 ]
 MAX_STAGE_LINES = 300
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pipeline.core.config import DEFAULT_INSTRUCTION
+from pipeline.core.errors import ConfigError
 
 
 @dataclass
@@ -67,7 +68,7 @@ class TrainConfig:
     def validate(self) -> None:
         problems = self.problems()
         if problems:
-            raise ValueError(f"invalid {type(self).__name__}: " + "; ".join(problems))
+            raise ConfigError(f"invalid {type(self).__name__}: " + "; ".join(problems))
 
 
 # Fields that may change when resuming (bookkeeping, not the experiment).

@@ -25,7 +25,6 @@ Two ways to get completions, one scoring path:
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
@@ -40,6 +39,7 @@ import torch
 
 from pipeline.core.answers import anls_score, answers_match, extract_answer
 from pipeline.core.config import DEFAULT_INSTRUCTION, load_config
+from pipeline.core.errors import ArgumentParser, UsageError
 from pipeline.core.reports import figure, save_png, write_json, write_text
 from pipeline.core.skills import UNKNOWN
 from pipeline.engines import EngineConfig, build_engine
@@ -285,10 +285,15 @@ def _named_models(specs: list[str]) -> dict[str, str]:
     for spec in specs:
         name, _, path = spec.partition("=") if "=" in spec else (spec, "", spec)
         if not name or not path:
-            raise SystemExit(f"error: --model {spec!r}: expected PATH or NAME=PATH")
+            raise UsageError(f"--model {spec!r}: expected PATH or NAME=PATH")
         if name in models:
-            raise SystemExit(f"error: two models are named {name!r}; name them with NAME=PATH")
+            raise UsageError(f"two models are named {name!r}; name them with NAME=PATH")
         models[name] = path
+    for name, path in models.items():  # before any model loads: a typo fails in a second
+        if not Path(path).expanduser().exists() and (
+                path.startswith((".", "/", "~")) or path.count("/") != 1):
+            raise UsageError(f"--model {name}={path}: no such model folder {path!r}, and not a "
+                             "Hub id (user/name) either; give a model folder or a Hub id")
     return models
 
 
@@ -297,13 +302,13 @@ def _source_modes(specs: list[str]) -> dict[str, str]:
     for spec in specs:
         source, _, mode = spec.rpartition("=")
         if not source or mode not in MATCH_MODES:
-            raise SystemExit(f"error: --match {spec!r}: expected SOURCE=MODE with MODE one of {MATCH_MODES}")
+            raise UsageError(f"--match {spec!r}: expected SOURCE=MODE with MODE one of {MATCH_MODES}")
         out[source] = mode
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="deltaprompts eval",
         description="Accuracy of one or more models on a held-out prompt set, per skill and per "
         "source, with the pipeline's answer matching (relaxed; ANLS for documents with --match). "

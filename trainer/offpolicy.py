@@ -18,6 +18,7 @@ from typing import Any
 from pipeline.core.answers import extract_answer
 from pipeline.core.configschema import load_dataclass
 from pipeline.core.divergence import answer_class
+from pipeline.core.errors import ArgumentParser
 from pipeline.sampling.prompts import format_question
 from trainer.config import SFTConfig
 from trainer.data import load_prompts
@@ -57,7 +58,7 @@ def teacher_rows(dataset, instruction: str | None) -> tuple[list[dict[str, Any]]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="deltaprompts train offpolicy", description=__doc__,
+    p = ArgumentParser(prog="deltaprompts train offpolicy", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="built dataset folder, Parquet glob or Hub id (user/name[@revision])")
     p.add_argument("--split", default="train")

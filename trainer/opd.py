@@ -40,7 +40,6 @@ accuracy) runs every ``eval_every`` steps and at ``eval_at``, logged beside the 
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,6 +52,7 @@ import transformers
 from tqdm.auto import tqdm
 
 from pipeline.core.configschema import load_dataclass
+from pipeline.core.errors import ArgumentParser
 from pipeline.core.reports import write_json
 from pipeline.sampling.prompts import format_question
 from trainer.batching import IGNORE_INDEX, collate, encode_prompt, join
@@ -481,7 +481,7 @@ def load_config(path: str | None, overrides: list[str]) -> OPDConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="deltaprompts train opd", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="deltaprompts train opd", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="YAML or JSON file with OPDConfig fields (or an `opd:` section)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field, e.g. --set mode=va_opd --set steps=50")

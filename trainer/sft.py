@@ -23,19 +23,20 @@ Checkpoints, resume, the LR schedule and metrics are trainer/loop.py's (shared w
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import transformers
 from tqdm.auto import tqdm
 
 from pipeline.core.configschema import load_dataclass
+from pipeline.core.errors import ArgumentParser, DataError
 from pipeline.sampling.prompts import format_question
 from trainer.batching import IGNORE_INDEX, SFTCollator
 from trainer.config import SFTConfig
@@ -244,10 +245,16 @@ class ParquetRows(Sequence):
 
     def __init__(self, path: str, target_column: str = "target", answer_format: str = "Answer: {}",
                  instruction: str | None = None):
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except FileNotFoundError:
+            raise DataError(f"{path} does not exist; give a Parquet file of question, image "
+                            "and target rows") from None
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{path}: not readable as Parquet ({e})") from None
         cols = set(table.column_names)
         if "question" not in cols:
-            raise ValueError(f"{path}: no 'question' column")
+            raise DataError(f"{path}: no 'question' column")
         choices = table.column("choices").to_pylist() if "choices" in cols else [None] * table.num_rows
         self.questions = [format_question(q, c or None, instruction)
                           for q, c in zip(table.column("question").to_pylist(), choices)]
@@ -260,7 +267,7 @@ class ParquetRows(Sequence):
             self.targets = [answer_format.format(a[0]) if a else None
                             for a in table.column("answers").to_pylist()]
         else:
-            raise ValueError(f"{path}: no {target_column!r}, 'answer' or 'answers' column")
+            raise DataError(f"{path}: no {target_column!r}, 'answer' or 'answers' column")
         keep = [i for i, t in enumerate(self.targets) if t]
         self.skipped_no_target = len(self.targets) - len(keep)
         self.questions = [self.questions[i] for i in keep]
@@ -275,7 +282,7 @@ class ParquetRows(Sequence):
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="deltaprompts train sft", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="deltaprompts train sft", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="Parquet with question, image and target "
                    "(or answer/answers) columns")
     p.add_argument("--target-column", default="target")

@@ -30,7 +30,14 @@ from typing import Any, Literal
 
 import yaml
 
-from pipeline.core.configschema import build, to_dict, validate
+from pipeline.core.configschema import (
+    bounded,
+    build,
+    check_ranges,
+    coerce_floats,
+    to_dict,
+    validate,
+)
 from pipeline.core.errors import ConfigError, SourceError
 from pipeline.core.images import DEFAULT_MAX_DECODE_PIXELS, DEFAULT_MAX_PIXELS
 
@@ -56,24 +63,31 @@ class EngineConfig:
     dtype: str = "auto"  # auto -> bfloat16 on CUDA, float32 on CPU
     device: str = "auto"  # auto -> cuda when available, else cpu (transformers)
     trust_remote_code: bool = False  # off unless a config sets it explicitly
-    max_pixels: int | None = None  # processor image cap (pixels); None = the model's own
-    min_pixels: int | None = None
-    max_model_len: int | None = None  # context cap; None = the model's max positions
-    tensor_parallel_size: int = 1  # vllm
-    gpu_memory_utilization: float = 0.85  # vllm
-    max_num_seqs: int | None = None  # vllm
-    limit_mm_per_prompt: int = 1  # vllm, images per prompt
+    max_pixels: int | None = bounded(None, ge=1)  # processor image cap; None = the model's own
+    min_pixels: int | None = bounded(None, ge=1)
+    max_model_len: int | None = bounded(None, ge=1)  # context cap; None = the model's max positions
+    tensor_parallel_size: int = bounded(1, ge=1)  # vllm
+    gpu_memory_utilization: float = bounded(0.85, gt=0, le=1)  # vllm
+    max_num_seqs: int | None = bounded(None, ge=1)  # vllm
+    limit_mm_per_prompt: int = bounded(1, ge=1)  # vllm, images per prompt
     enforce_eager: bool = False  # vllm: skip graph capture / compilation (faster start)
     seed: int = 0  # engine-level seed (vllm); per-call seeds come through sample()
-    batch_size: int = 8  # transformers: prompts per forward
+    batch_size: int = bounded(8, ge=1)  # transformers: prompts per forward
     base_url: str | None = None  # openai, e.g. http://127.0.0.1:8000/v1
     api_key_env: str = "OPENAI_API_KEY"  # openai: env var holding the key (never logged)
-    concurrency: int = 8  # openai: requests in flight
-    timeout_s: float = 120.0  # openai, per HTTP request
-    max_retries: int = 5  # openai: retries after the first attempt
-    retry_backoff_s: float = 1.0  # openai: first backoff (jittered, doubles per retry)
-    retry_backoff_max_s: float = 30.0  # openai: backoff (and Retry-After) cap
+    concurrency: int = bounded(8, ge=1)  # openai: requests in flight
+    timeout_s: float = bounded(120.0, gt=0)  # openai, per HTTP request
+    max_retries: int = bounded(5, ge=0)  # openai: retries after the first attempt
+    retry_backoff_s: float = bounded(1.0, ge=0)  # openai: first backoff (jittered, doubles per retry)
+    retry_backoff_max_s: float = bounded(30.0, ge=0)  # openai: backoff (and Retry-After) cap
     extra_body: dict[str, Any] = field(default_factory=dict)  # openai: merged into payload
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "models.*")
+        if self.min_pixels is not None and self.max_pixels is not None \
+                and self.min_pixels > self.max_pixels:
+            raise ConfigError(f"models.*.min_pixels ({self.min_pixels}) is above max_pixels "
+                              f"({self.max_pixels}): lower min_pixels or raise max_pixels")
 
 
 # ------------------------------------------------------------------------------ sources
@@ -107,15 +121,15 @@ class SourceConfig:
     split: str = "train"
     revision: str | None = None  # Hub revision (branch, tag or commit)
     image_dir: str | None = None  # relative image paths resolve here (default: source folder)
-    limit: int | None = None  # at most this many records (after sampling)
-    sample: int | None = None  # random subset of this many records, drawn with `seed`
+    limit: int | None = bounded(None, ge=0)  # at most this many records (after sampling)
+    sample: int | None = bounded(None, ge=0)  # random subset of this many records, drawn with `seed`
     seed: int = 0
     columns: dict[str, str] = field(default_factory=dict)  # generic: key -> column name
     meta_columns: list[str] = field(default_factory=list)  # extra columns copied into meta
     skill: str | None = None  # skill for rows whose record has none
     license: str | None = None  # recorded on the dataset card
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS
+    max_pixels: int = bounded(DEFAULT_MAX_PIXELS, ge=1)
+    max_decode_pixels: int = bounded(DEFAULT_MAX_DECODE_PIXELS, ge=1)
     # the_cauldron records with several images: "skip" them (the question may refer to
     # any of the images, and a prompt carries one) or keep the "first" image.
     multi_image: Literal["skip", "first"] = "skip"
@@ -158,22 +172,15 @@ class SourceConfig:
 class SamplingConfig:
     """How answers are drawn, by mine (student) and delta (teacher) alike."""
 
-    n: int = 8  # samples per model (the full budget)
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_tokens: int = 512  # reasoning models need room before "Answer:"
+    n: int = bounded(8, ge=1)  # samples per model (the full budget)
+    temperature: float = bounded(0.7, ge=0)
+    top_p: float = bounded(1.0, gt=0, le=1)
+    max_tokens: int = bounded(512, ge=1)  # reasoning models need room before "Answer:"
     seed: int = 0  # per-call seeds derive from it (pipeline/sampling/draw.py)
     instruction: str = DEFAULT_INSTRUCTION  # appended to each question sent to the models
 
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise ValueError(f"sampling.n must be >= 1, got {self.n}")
-        if self.temperature < 0:
-            raise ValueError(f"sampling.temperature must be >= 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
-        if self.max_tokens < 1:
-            raise ValueError(f"sampling.max_tokens must be >= 1, got {self.max_tokens}")
+        check_ranges(self, "sampling")
 
 
 @dataclass
@@ -181,34 +188,24 @@ class DeltaConfig:
     """How Δ is measured from the sampled answers (pipeline/core/divergence.py)."""
 
     metric: Metric = "jsd"
-    threshold: float = 0.05  # zero-delta when Δ < threshold
+    # zero-delta when Δ < threshold; JSD (base 2), TV and Hellinger all live in [0, 1]
+    threshold: float = bounded(0.05, ge=0, le=1)
     adaptive: bool = True  # rounds of samples, stop early by unanimity or a fixed decision
-    k: int = 1  # first-round samples per model (defaults: see bench_adaptive)
-    step: int = 2  # samples per model added by each further round (>= n-k: two rounds)
-    unanimous_k: int = 5  # answers per model the unanimity stop needs (at least k, at most n)
+    k: int = bounded(1, ge=1)  # first-round samples per model (defaults: see bench_adaptive)
+    step: int = bounded(2, ge=1)  # samples per model added by each further round (>= n-k: two rounds)
+    unanimous_k: int = bounded(5, ge=1)  # answers per model the unanimity stop needs (at least k, at most n)
     # No teacher samples where the prompt has gold and the student's accuracy against it
     # (mine.grading) over its n mined samples is >= this: stop_reason "student_solved",
     # Δ = 0 by definition (pipeline/sampling/policy.py). None: always ask the teacher.
-    skip_solved: float | None = 1.0
-    bootstrap: int = 200  # bootstrap resamples for the Δ interval (0: none)
-    ci_level: float = 0.9  # two-sided coverage of the percentile interval
+    skip_solved: float | None = bounded(1.0, gt=0, le=1)
+    bootstrap: int = bounded(200, ge=0)  # bootstrap resamples for the Δ interval (0: none)
+    ci_level: float = bounded(0.9, gt=0, lt=1)  # two-sided coverage of the percentile interval
     bootstrap_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
-            raise ValueError(f"delta.metric must be one of {METRICS}, got {self.metric!r}")
-        if self.k < 1:
-            raise ValueError(f"delta.k must be >= 1, got {self.k}")
-        if self.step < 1:
-            raise ValueError(f"delta.step must be >= 1, got {self.step}")
-        if self.unanimous_k < 1:
-            raise ValueError(f"delta.unanimous_k must be >= 1, got {self.unanimous_k}")
-        if not 0.0 < self.ci_level < 1.0:
-            raise ValueError(f"delta.ci_level must be in (0, 1), got {self.ci_level}")
-        if self.bootstrap < 0:
-            raise ValueError(f"delta.bootstrap must be >= 0, got {self.bootstrap}")
-        if self.skip_solved is not None and not 0.0 < self.skip_solved <= 1.0:
-            raise ValueError(f"delta.skip_solved must be in (0, 1] or null, got {self.skip_solved}")
+            raise ConfigError(f"delta.metric must be one of {METRICS}, got {self.metric!r}")
+        check_ranges(self, "delta")
 
 
 # --------------------------------------------------------------------------- run blocks
@@ -218,15 +215,48 @@ class DeltaConfig:
 class RunSection:
     name: str = field(metadata={"help": "run folder name under root"})
     root: str = "runs"
-    shard_size: int = 64  # prompts per shard = per Ray task = unit of resume
+    shard_size: int = bounded(64, ge=1)  # prompts per shard = per Ray task = unit of resume
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "run")
+        problem = run_name_problem(self.name)
+        if problem:
+            raise ConfigError(f"run.name {self.name!r} {problem}: it names one folder inside "
+                              f"run.root ({self.root!r}), e.g. run.name=demo2; set run.root "
+                              "to choose where runs live")
+        if not self.root.strip():
+            raise ConfigError("run.root is empty: set it to the folder that holds run folders "
+                              "(default: runs)")
+
+
+def run_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a run folder name (None: it can). A run folder is one plain
+    folder inside run.root, so nothing a run writes, or deletes, lands outside it."""
+    if not name.strip():
+        return "is empty"
+    if os.path.isabs(name):
+        return "is an absolute path"
+    if any(sep and sep in name for sep in ("/", "\\", os.sep, os.altsep)):
+        return "contains a path separator"
+    if ".." in name:
+        return "contains '..'"
+    if name.startswith("."):
+        return "starts with '.' (a hidden folder)"
+    if any(ord(ch) < 32 or ch == "\x7f" for ch in name):
+        return "contains a control character"
+    return None
 
 
 @dataclass
 class ExecutionConfig:
     backend: Literal["ray", "local"] = "ray"  # "local": in-process, for debugging
-    num_workers: int | None = None  # concurrent shard tasks; default: CPUs (CPU stages), 1 per GPU
+    # concurrent shard tasks; default: CPUs (CPU stages), 1 per GPU
+    num_workers: int | None = bounded(None, ge=1)
     ray_address: str | None = None  # default: $RAY_ADDRESS, else a local Ray sized to the machine
-    num_cpus: int | None = None  # local Ray only: CPUs to give it (default: all)
+    num_cpus: int | None = bounded(None, ge=1)  # local Ray only: CPUs to give it (default: all)
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "execution")
 
 
 @dataclass
@@ -244,8 +274,12 @@ class IngestConfig:
 @dataclass
 class MineConfig:
     grading: Literal["relaxed", "anls", "exact"] = "relaxed"
-    fail_below: float = 0.5  # a prompt "fails" when student accuracy over its N samples < this
+    # a prompt "fails" when student accuracy over its N samples < this
+    fail_below: float = bounded(0.5, ge=0, le=1)
     tag_skills: bool = False  # ask the rewriter LLM for a skill where the seed has none
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "mine")
 
 
 @dataclass
@@ -259,25 +293,26 @@ class RewriteConfig:
     # Seed selection: failed seeds (mine.fail_below) and any seed whose student accuracy
     # is below this; lowest accuracy first, at most max_seeds_per_skill per skill over the
     # run (split evenly across shards, since shards are rewritten independently).
-    max_student_accuracy: float = 0.75
-    max_seeds_per_skill: int | None = 100
-    variants_per_seed: int = 2  # k: rewrites asked per selected seed (one template each)
+    max_student_accuracy: float = bounded(0.75, ge=0, le=1)
+    max_seeds_per_skill: int | None = bounded(100, ge=0)
+    variants_per_seed: int = bounded(2, ge=1)  # k: rewrites asked per selected seed (one template each)
     seed: int = 0  # selection, template choice, chart drawing, engine seeds
     # LLM rewriter (models.rewriter, else the teacher).
     seed_templates: list[str] = field(default_factory=list)  # prompts_templates/rewrite/seed_guided; [] = all
     skill_guided: bool = True  # pass 2: accepted pass-1 skills, asked on other seed images
     skill_templates: list[str] = field(default_factory=list)  # .../skill_guided; [] = all
-    images_per_skill: int = 4  # pass 2: other images per accepted skill, per shard
-    max_attempts: int = 3  # rewriter calls per job (the first + retries with the error fed back)
-    temperature: float = 0.7
-    max_tokens: int = 384
+    images_per_skill: int = bounded(4, ge=0)  # pass 2: other images per accepted skill, per shard
+    # rewriter calls per job (the first + retries with the error fed back)
+    max_attempts: int = bounded(3, ge=1)
+    temperature: float = bounded(0.7, ge=0)
+    max_tokens: int = bounded(384, ge=1)
     send_image: bool = True  # False for a text-only rewriter (e.g. a large text LLM)
     # Pseudo-labels: the teacher answers each new prompt label_samples times (default
     # sampling.n, with the sampling.* settings); a prompt is kept when the majority's
     # share reaches min_agreement (the paper's avg@16 >= 0.5) and matches the rewriter's
     # expected answer, when it gave one.
-    label_samples: int | None = None
-    min_agreement: float = 0.5
+    label_samples: int | None = bounded(None, ge=1)
+    min_agreement: float = bounded(0.5, ge=0, le=1)
     # Programmatic prompts have exact answers; apply the same teacher filter to them too
     # (majority == exact answer with min_agreement)? Agreement is recorded either way.
     filter_programmatic: bool = True
@@ -288,42 +323,35 @@ class RewriteConfig:
     world: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.variants_per_seed < 1:
-            raise ValueError(f"rewrite.variants_per_seed must be >= 1, got {self.variants_per_seed}")
-        if self.max_attempts < 1:
-            raise ValueError(f"rewrite.max_attempts must be >= 1, got {self.max_attempts}")
-        if not 0.0 <= self.min_agreement <= 1.0:
-            raise ValueError(f"rewrite.min_agreement must be in [0, 1], got {self.min_agreement}")
-        if self.label_samples is not None and self.label_samples < 1:
-            raise ValueError(f"rewrite.label_samples must be >= 1, got {self.label_samples}")
-        if self.max_seeds_per_skill is not None and self.max_seeds_per_skill < 0:
-            raise ValueError(f"rewrite.max_seeds_per_skill must be >= 0, got {self.max_seeds_per_skill}")
+        check_ranges(self, "rewrite")
 
 
 @dataclass
 class FilterConfig:
-    threshold: float | None = None  # default: delta.threshold
+    threshold: float | None = bounded(None, ge=0, le=1)  # default: delta.threshold
     dedup: bool = True  # near-identical questions on the same image
-    max_per_skill: int | None = None
-    max_per_source: int | None = None
-    min_teacher_agreement: float = 0.0  # share of teacher samples on its majority answer
+    max_per_skill: int | None = bounded(None, ge=1)
+    max_per_source: int | None = bounded(None, ge=1)
+    # share of teacher samples on its majority answer
+    min_teacher_agreement: float = bounded(0.0, ge=0, le=1)
     # Drop prompts whose teacher is confidently wrong: its majority misses the gold answer
     # (teacher_correct false) with teacher_agreement >= this. None: keep them. Agreement is
     # over the samples drawn (adaptive: a prompt decided after one sample has 1.0).
-    wrong_teacher_agreement: float | None = None
+    wrong_teacher_agreement: float | None = bounded(None, ge=0, le=1)
     seed: int = 0
 
     def __post_init__(self) -> None:
-        w = self.wrong_teacher_agreement
-        if w is not None and not 0.0 <= w <= 1.0:
-            raise ValueError(f"filter.wrong_teacher_agreement must be in [0, 1] or null, got {w}")
+        check_ranges(self, "filter")
 
 
 @dataclass
 class AssembleConfig:
-    validation_fraction: float = 0.1
+    validation_fraction: float = bounded(0.1, ge=0, le=1)
     seed: int = 0
     pretty_name: str = "DeltaPrompts"
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "assemble")
     license: str | None = None  # default: the sources' licence if they agree, else "other"
 
 
@@ -343,7 +371,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         # The one check that spans two blocks: the first round cannot exceed the budget.
         if not 1 <= self.delta.k <= self.sampling.n:
-            raise ValueError(f"delta.k must be in [1, sampling.n={self.sampling.n}], got {self.delta.k}")
+            raise ConfigError(f"delta.k must be in [1, sampling.n={self.sampling.n}], got {self.delta.k}")
 
     @property
     def run_dir(self) -> Path:
@@ -394,7 +422,14 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise ConfigError(f"bad override {override!r}: empty key")
-    value = yaml.safe_load(text) if text.strip() else ""
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(f"bad override {override!r}: the value is not valid YAML ({problem}); "
+                          "give a YAML value, and quote text that holds YAML characters "
+                          "([ ] { } : # ' \")") from e
+    value = json.loads(json.dumps(value, default=str))  # YAML's dates etc.: text, as in files
     node: Any = raw
     for i, part in enumerate(parts[:-1]):
         where = ".".join(parts[: i + 1])
@@ -420,26 +455,45 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
     """Read, override, validate and build a RunConfig. Relative paths stay as written."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config {p} is a folder; give a YAML file, e.g. --config configs/demo.yaml")
+    if p.exists() and not p.is_file():
+        raise ConfigError(f"config {p} is not a regular file; give a YAML file, e.g. --config configs/demo.yaml")
     if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+        raise ConfigError(f"config file not found: {p}; give a YAML file, e.g. --config configs/demo.yaml")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        text = p.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise ConfigError(f"config {p} cannot be read: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {p} is not a text file (byte {e.start} is not UTF-8); "
+                          "give a YAML file, e.g. --config configs/demo.yaml") from e
+    try:
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{p}: not valid YAML{where}: {problem}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: top level must be a mapping, got {type(raw).__name__}")
     return config_from_dict(raw, overrides)
 
 
 def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
-    raw = json.loads(json.dumps(raw))  # deep copy; also rejects non-JSON values early
+    # A deep copy as plain JSON data: YAML's dates and other non-JSON scalars become
+    # strings, which the schema then accepts or reports like any other wrong value.
+    raw = json.loads(json.dumps(raw, default=str))
     for ov in overrides or []:
         apply_override(raw, ov)
     moved = _moved(raw)
     if moved:
         raise ConfigError("invalid config:\n  " + "\n  ".join(moved))
+    coerce_floats(raw, RunConfig)
     validate(raw, RunConfig)
     try:
         return build(RunConfig, raw)
+    except ConfigError:
+        raise
     except ValueError as e:  # a section's own checks (e.g. a source with no path)
         raise ConfigError(f"invalid config: {e}") from e

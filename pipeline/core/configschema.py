@@ -20,6 +20,53 @@ import yaml
 
 from pipeline.core.errors import ConfigError
 
+# JSON Schema's range keywords, as a field declares them (``bounded``) and as errors say them.
+RANGE_KEYS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, lt: float | None = None) -> Any:
+    """A config field with a value range, declared once: the schema checks it at load
+    (naming the key path) and ``check_ranges`` checks a dataclass built in code.
+
+        temperature: float = bounded(0.7, ge=0)
+        top_p: float = bounded(1.0, gt=0, le=1)
+    """
+    rng = {k: v for k, v in (("minimum", ge), ("exclusiveMinimum", gt), ("maximum", le),
+                             ("exclusiveMaximum", lt)) if v is not None}
+    return dataclasses.field(default=default, metadata={"range": rng})
+
+
+def range_text(rng: dict[str, float]) -> str:
+    """``{"minimum": 0, "maximum": 1}`` -> "in [0, 1]"; ``{"minimum": 1}`` -> ">= 1"."""
+    lo = ("[", rng["minimum"]) if "minimum" in rng else ("(", rng.get("exclusiveMinimum"))
+    hi = ("]", rng["maximum"]) if "maximum" in rng else (")", rng.get("exclusiveMaximum"))
+    if lo[1] is not None and hi[1] is not None:
+        return f"in {lo[0]}{lo[1]}, {hi[1]}{hi[0]}"
+    if lo[1] is not None:
+        return f"{'>=' if lo[0] == '[' else '>'} {lo[1]}"
+    return f"{'<=' if hi[0] == ']' else '<'} {hi[1]}"
+
+
+def _in_range(value: float, rng: dict[str, float]) -> bool:
+    return not (("minimum" in rng and value < rng["minimum"])
+                or ("exclusiveMinimum" in rng and value <= rng["exclusiveMinimum"])
+                or ("maximum" in rng and value > rng["maximum"])
+                or ("exclusiveMaximum" in rng and value >= rng["exclusiveMaximum"]))
+
+
+def check_ranges(obj: Any, prefix: str) -> None:
+    """Raise ConfigError for a field of the dataclass ``obj`` outside its declared range
+    (the same ranges the schema checks at load; this covers objects built in code)."""
+    bad = []
+    for f in dataclasses.fields(obj):
+        rng, value = f.metadata.get("range"), getattr(obj, f.name)
+        if rng and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and not _in_range(value, rng):
+            bad.append(f"{prefix}.{f.name} must be {range_text(rng)}, got {value!r}")
+    if bad:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(bad))
+
 
 def _is_optional(tp: Any) -> tuple[bool, Any]:
     origin = typing.get_origin(tp)
@@ -63,7 +110,7 @@ def dataclass_schema(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     props, required = {}, []
     for f in dataclasses.fields(cls):
-        props[f.name] = type_schema(hints[f.name])
+        props[f.name] = {**type_schema(hints[f.name]), **f.metadata.get("range", {})}
         if f.metadata.get("help"):
             props[f.name]["description"] = f.metadata["help"]
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -88,6 +135,9 @@ def _describe(err: jsonschema.ValidationError) -> str:
         return "; ".join(
             f"{prefix}{k}: unknown key (allowed here: {', '.join(allowed)})" for k in extra
         )
+    if v in RANGE_KEYS:
+        rng = {k: err.schema[k] for k in RANGE_KEYS if k in err.schema}
+        return f"{where} must be {range_text(rng)}, got {err.instance!r}"
     if v == "required":
         return f"{where}: {err.message}"
     if v == "enum":
@@ -163,13 +213,31 @@ def load_dataclass(cls: type, path: str | None, overrides: list[str], section: s
         if not sep:
             raise ConfigError(f"override {item!r} is not key=value")
         data[key.strip()] = yaml.safe_load(value)
-    # YAML 1.1 reads `1e-6` (no dot) as a string; accept it where a number is expected.
-    hints = typing.get_type_hints(cls)
-    for key, value in data.items():
-        if isinstance(value, str) and hints.get(key) in (float, float | None):
-            try:
-                data[key] = float(value)
-            except ValueError:
-                pass  # left for the validator to report
+    coerce_floats(data, cls)
     validate(data, cls)
     return build(cls, data)
+
+
+def coerce_floats(raw: Any, cls: type) -> None:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string: turn such strings into numbers, in
+    place, wherever ``cls`` (a dataclass tree) expects a float; others are left for the
+    validator to report."""
+    if not isinstance(raw, dict) or not dataclasses.is_dataclass(cls):
+        return
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        _, tp = _is_optional(hints[f.name])
+        value = raw[f.name]
+        if tp is float and isinstance(value, str):
+            try:
+                raw[f.name] = float(value)
+            except ValueError:
+                pass
+        elif dataclasses.is_dataclass(tp):
+            coerce_floats(value, tp)
+        elif typing.get_origin(tp) is list and isinstance(value, list):
+            (item,) = typing.get_args(tp) or (Any,)
+            for v in value:
+                coerce_floats(v, item)

@@ -87,6 +87,10 @@ class ShardMarker:
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
     seconds: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)
+    # What the shard was made from (the stage manifest's hashes): a lost or corrupt
+    # manifest can be rebuilt from its markers without trusting the current config.
+    config_hash: str = ""
+    input_hash: str = ""
 
 
 def write_shard(stage_dir: Path, marker: ShardMarker, table: pa.Table) -> ShardMarker:
@@ -118,8 +122,9 @@ def remove_shard(stage_dir: Path, index: int) -> None:
         (stage_dir / f"{shard_name(index)}{suffix}").unlink(missing_ok=True)
 
 
-def read_shard(stage_dir: Path, index: int) -> pa.Table:
-    return pq.read_table(stage_dir / f"{shard_name(index)}.parquet")
+def read_shard(stage_dir: Path, index: int, columns: list[str] | None = None) -> pa.Table:
+    """A shard's rows (only ``columns`` when given)."""
+    return pq.read_table(stage_dir / f"{shard_name(index)}.parquet", columns=columns)
 
 
 def complete_shards(stage_dir: Path) -> list[int]:

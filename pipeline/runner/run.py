@@ -2,6 +2,8 @@
 
     runs/<run>/
       .lock                       held (flock) by the one process working on this run
+      stages.json                 which stages the last run's config switched on / off
+      logs/                       the engines', Ray's and our own output (quiet runs)
       01-ingest/shard-00000.parquet + shard-00000.done, ..., manifest.json
       02-mine/...
 
@@ -10,6 +12,10 @@ and refuses to mix results: if the stage's config parts or its input shards chan
 the manifest was written, it stops with the list of differences unless `recompute=True`,
 which clears the stage folder first. Downstream stages see the new input hashes and refuse
 in turn, so stale results can never be silently combined with fresh ones.
+
+Every shard marker also records the stage's config and input hashes, so a manifest that
+was lost or corrupted is rebuilt from the markers (and the rebuild is logged) rather than
+refused; the rebuilt manifest is held to the same refuse-if-changed rule.
 """
 
 from __future__ import annotations
@@ -28,27 +34,31 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pyarrow as pa
 from tqdm.auto import tqdm
 
 from pipeline.core import shards
 from pipeline.core.config import RunConfig
-from pipeline.core.errors import RunError
+from pipeline.core.errors import ManifestError, RunError, one_line
 from pipeline.runner.execution import TaskFailure, execute
 from pipeline.runner.stage import ShardTask, Stage, StageRegistry
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+STAGES_RECORD = "stages.json"
 
 
 class RunLockedError(RunError):
     pass
 
 
-class StageFailedError(RunError):
+class StageFailedError(RuntimeError):
+    """Shards failed with a bug of ours (or a crashed worker): every failure is listed with
+    its one-line error; the tracebacks are in the manifest and in ``failures``."""
+
     def __init__(self, stage: str, failures: list[TaskFailure]):
         self.failures = failures
         lines = [f"stage {stage}: {len(failures)} shard(s) failed:"]
@@ -57,10 +67,54 @@ class StageFailedError(RunError):
         super().__init__("\n".join(lines))
 
 
+class StageInputError(RunError):
+    """Shards failed because of the user's input or config (a UserError inside the task):
+    one line, the first distinct message, and how many shards it stopped."""
+
+    def __init__(self, stage: str, failures: list[TaskFailure]):
+        self.failures = failures
+        messages = list(dict.fromkeys(one_line(Exception(f.error)) for f in failures))
+        more = f" (and {len(messages) - 1} other error(s), see its manifest.json)" if len(messages) > 1 else ""
+        super().__init__(f"stage {stage}: {messages[0]}{more}; {len(failures)} shard(s) stopped, "
+                         "fix it and rerun to redo only those")
+
+
+def stage_failed(stage: str, failures: list[TaskFailure]) -> Exception:
+    """The error for a stage whose shards failed: the user's (one line) or ours."""
+    if all(f.user_error for f in failures):
+        return StageInputError(stage, failures)
+    return StageFailedError(stage, failures)
+
+
+def prepare_run_dir(cfg: RunConfig) -> Path:
+    """Create the run folder (and run.root), or say in one line why it cannot be; refuse a
+    run folder that resolves outside run.root (a planted symlink)."""
+    root, run_dir = Path(cfg.run.root), cfg.run_dir
+    fix = "set run.root to a folder you can write (default: runs)"
+    if root.exists() and not root.is_dir():
+        raise RunError(f"run.root {str(root)!r} is a file, not a folder; {fix}")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise RunError(f"{run_dir} exists and is not a folder; remove it or choose another "
+                       "run.name") from None
+    except OSError as e:
+        raise RunError(f"cannot create the run folder {run_dir}: {e.strerror or e}; {fix}") from None
+    if run_dir.resolve().parent != root.resolve():
+        raise RunError(f"run folder {run_dir} resolves to {run_dir.resolve()}, outside run.root "
+                       f"{str(root)!r}; remove that link or choose another run.name")
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise RunError(f"run folder {run_dir} is not writable; {fix}")
+    return run_dir
+
+
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Exclusive lock on a run folder. flock is released by the kernel if we die."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot create the run folder {run_dir}: {e.strerror or e}") from None
     path = run_dir / ".lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -102,10 +156,40 @@ class Manifest:
 
     @classmethod
     def read(cls, stage_dir: Path) -> Manifest | None:
+        """The stage's manifest; None when it has none; ManifestError when it is unreadable."""
         p = stage_dir / MANIFEST
         if not p.is_file():
             return None
-        return cls(**json.loads(p.read_text()))
+        try:
+            data = json.loads(p.read_bytes().decode("utf-8"))
+            man = cls(**data)
+        except (ValueError, TypeError, OSError) as e:  # JSONDecodeError and UnicodeError included
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ManifestError(
+                f"{p} is unreadable ({reason}); rerun stage {stage_dir.name} to rebuild it "
+                "from its shard markers") from None
+        if not (isinstance(man.shards, dict) and isinstance(man.skipped, dict)
+                and isinstance(man.status, str) and isinstance(man.rows, int)):
+            raise ManifestError(f"{p} is unreadable (fields of the wrong type); rerun stage "
+                                f"{stage_dir.name} to rebuild it from its shard markers")
+        return man
+
+    @classmethod
+    def rebuild(cls, stage_dir: Path) -> Manifest:
+        """A manifest made from the stage's complete shards and their markers, for one that
+        is unreadable. The hashes are the markers' own when they all agree ("" otherwise:
+        unknown, so the runner treats the stage as changed). Status ``rebuilt``: the
+        runner finishes it (only what is missing) before anything downstream reads it."""
+        markers = [shards.read_marker(stage_dir, i) for i in shards.complete_shards(stage_dir)]
+        config_hashes = {m.config_hash for m in markers}
+        input_hashes = {m.input_hash for m in markers}
+        man = cls(stage=stage_dir.name,
+                  config_hash=config_hashes.pop() if len(config_hashes) == 1 else "",
+                  input_hash=input_hashes.pop() if len(input_hashes) == 1 else "",
+                  status="rebuilt", shards_total=len(markers),
+                  shards={str(m.index): asdict(m) for m in markers})
+        man.rows, man.skipped = _totals(man.shards)
+        return man
 
     def write(self, stage_dir: Path) -> None:
         shards.atomic_write_json(stage_dir / MANIFEST, asdict(self))
@@ -119,6 +203,21 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
+
+
+def read_or_rebuild(stage_dir: Path, warn: bool = True) -> Manifest | None:
+    """``Manifest.read``, but an unreadable manifest is rebuilt from the markers (and,
+    with ``warn``, the rebuild is logged as a warning)."""
+    try:
+        return Manifest.read(stage_dir)
+    except ManifestError as e:
+        man = Manifest.rebuild(stage_dir)
+        say = log.warning if warn else log.info
+        if not man.shards:  # nothing to rebuild from: as if the stage had not started
+            say("%s; no complete shard to rebuild it from", str(e).split(";")[0])
+            return None
+        say("%s; rebuilt it from %d shard marker(s)", str(e).split(";")[0], len(man.shards))
+        return man
 
 
 def input_fingerprint(upstream_dir: Path | None) -> tuple[str, dict[str, str], list[int]]:
@@ -147,17 +246,37 @@ def _changes(old: Manifest, config_hash: str, input_hash: str) -> list[str]:
 
 
 def run_stage(cfg: RunConfig, stage: Stage, registry: StageRegistry, *, recompute: bool = False,
-              progress: bool = True) -> Manifest:
-    """Run (or resume) one stage. The caller holds the run lock."""
+              progress: bool | TextIO = True, log_path: Path | None = None,
+              rebuild_only: bool = False) -> Manifest:
+    """Run (or resume) one stage. The caller holds the run lock.
+
+    ``progress``: a bar of shards (with rows and skips) on stderr, on the given stream, or
+    none (False). ``log_path``: where Ray workers write their output (quiet runs).
+    ``rebuild_only``: only rewrite an unreadable manifest; refuse if shards are missing.
+    """
     run_dir = cfg.run_dir
     stage_dir = run_dir / stage.dirname
     up_name = stage.upstream(cfg)
     upstream = registry.by_name(up_name) if up_name else None
     upstream_dir = run_dir / upstream.dirname if upstream else None
-    input_hash, input_shards, input_idx = input_fingerprint(upstream_dir)
+    try:
+        input_hash, input_shards, input_idx = input_fingerprint(upstream_dir)
+    except ManifestError:
+        # The input stage's manifest is unreadable: rebuild it from its markers first
+        # (plan and finalize only: a missing shard is refused, never recomputed here).
+        assert upstream is not None
+        rebuilt = run_stage(cfg, upstream, registry, progress=False, rebuild_only=True)
+        log.warning("%s/%s was unreadable; rebuilt it from its %d complete shards", upstream.dirname,
+                    MANIFEST, rebuilt.shards_total)
+        input_hash, input_shards, input_idx = input_fingerprint(upstream_dir)
     config_hash = cfg.hash_of(stage.hash_keys(cfg))
 
-    old = Manifest.read(stage_dir)
+    old = read_or_rebuild(stage_dir, warn=not rebuild_only)  # rebuild_only: the caller says it
+    if old is not None and old.status == "rebuilt" and not old.config_hash and not recompute:
+        raise RunError(
+            f"stage {stage.dirname} in {run_dir}: its manifest is unreadable and its shard "
+            "markers do not record the config they were made with; rerun with --recompute "
+            "to redo the stage")
     if old is not None:
         changes = _changes(old, config_hash, input_hash)
         if changes and not recompute:
@@ -194,6 +313,10 @@ def run_stage(cfg: RunConfig, stage: Stage, registry: StageRegistry, *, recomput
             pending.append(task)
         else:
             man.shards[str(task.index)] = asdict(marker)
+    if pending and rebuild_only:
+        raise ManifestError(
+            f"{stage_dir / MANIFEST} was unreadable and {len(pending)} of its {len(tasks)} "
+            f"shards are missing; rerun stage {stage.dirname} to redo them")
     if pending and len(pending) < len(tasks):
         log.info("%s: %d/%d shards already complete, resuming", stage.dirname,
                  len(tasks) - len(pending), len(tasks))
@@ -207,9 +330,10 @@ def run_stage(cfg: RunConfig, stage: Stage, registry: StageRegistry, *, recomput
 
     t0 = time.perf_counter()
     failures: list[TaskFailure] = []
-    bar = tqdm(total=len(tasks), initial=len(tasks) - len(pending), desc=stage.dirname,
-               unit="shard", disable=not progress)
-    for task, out, secs in execute(stage, cfg, pending, load):
+    bar = _progress_bar(stage.dirname, len(tasks), len(tasks) - len(pending), progress)
+    _show_totals(bar, man.shards)
+    for task, out, secs in execute(stage, cfg, pending, load,
+                                   str(log_path) if log_path else None):
         if isinstance(out, TaskFailure):
             failures.append(out)
             log.error("%s shard %d failed: %s", stage.dirname, task.index, out.error)
@@ -217,11 +341,13 @@ def run_stage(cfg: RunConfig, stage: Stage, registry: StageRegistry, *, recomput
             marker = shards.write_shard(
                 stage_dir,
                 shards.ShardMarker(index=task.index, rows=0, sha256="", skipped=out.skipped,
-                                   seconds=round(secs, 3), stats=out.stats),
+                                   seconds=round(secs, 3), stats=out.stats,
+                                   config_hash=config_hash, input_hash=input_hash),
                 out.table,
             )
             man.shards[str(task.index)] = asdict(marker)
             man.write(stage_dir)  # progress is visible to `status` while running
+            _show_totals(bar, man.shards)
         bar.update(1)
     bar.close()
 
@@ -231,7 +357,7 @@ def run_stage(cfg: RunConfig, stage: Stage, registry: StageRegistry, *, recomput
     if failures:
         man.status = "failed"
         man.write(stage_dir)
-        raise StageFailedError(stage.dirname, failures)
+        raise stage_failed(stage.dirname, failures)
     tables = [shards.read_shard(stage_dir, t.index) for t in tasks]
     man.report = stage.finalize(cfg, stage_dir, tables) or {}
     # finalize may rewrite shards (ingest's cross-shard dedup): re-read their markers.
@@ -240,6 +366,19 @@ def run_stage(cfg: RunConfig, stage: Stage, registry: StageRegistry, *, recomput
     man.status = "complete"
     man.write(stage_dir)
     return man
+
+
+def _progress_bar(name: str, total: int, done: int, progress: bool | TextIO):
+    """One bar per stage, counting shards; it clears itself when the stage ends (the
+    stage's one summary line takes its place)."""
+    stream = progress if not isinstance(progress, bool) else None
+    return tqdm(total=total, initial=done, desc=name, unit="shard", file=stream,
+                disable=progress is False, leave=False, dynamic_ncols=True)
+
+
+def _show_totals(bar, markers: dict[str, dict[str, Any]]) -> None:
+    rows, skipped = _totals(markers)
+    bar.set_postfix_str(f"{rows} rows, {sum(skipped.values())} skipped", refresh=False)
 
 
 def _totals(markers: dict[str, dict[str, Any]]) -> tuple[int, dict[str, int]]:
@@ -251,49 +390,84 @@ def _totals(markers: dict[str, dict[str, Any]]) -> tuple[int, dict[str, int]]:
     return rows, skipped
 
 
+def is_disabled(run_dir: Path, stage_dirname: str) -> bool:
+    """Whether the run's last config switched this stage off (``stages.json``, written by
+    run_stages); for older runs, whether a later stage's input skipped over it."""
+    try:
+        return not json.loads((run_dir / STAGES_RECORD).read_text())["enabled"][stage_dirname]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    for later in run_dir.glob("[0-9][0-9]-*"):
+        try:
+            man = Manifest.read(later)
+        except ManifestError:
+            continue
+        if man is not None and man.upstream and man.upstream < stage_dirname < later.name:
+            return True
+    return False
+
+
 def stage_status(run_dir: Path, stage: Stage) -> dict[str, Any]:
+    """One stage's state for `status`: never fails on an unreadable manifest (it shows
+    what the shard markers hold, with a note)."""
     stage_dir = run_dir / stage.dirname
-    man = Manifest.read(stage_dir)
+    disabled = is_disabled(run_dir, stage.dirname)
+    note = None
+    try:
+        man = Manifest.read(stage_dir)
+    except ManifestError as e:
+        man = Manifest.rebuild(stage_dir)
+        note = f"{str(e).split(';')[0]}; shown from its shard markers, rerun the stage to rewrite it"
     if man is None:
-        return {"stage": stage.dirname, "status": "not started"}
+        return {"stage": stage.dirname, "status": "disabled" if disabled else "not started"}
     done = shards.complete_shards(stage_dir)
-    return {
+    out = {
         "stage": stage.dirname,
         "status": man.status,
         "shards_done": len(done),
         "shards_total": man.shards_total,
         "rows": sum(shards.read_marker(stage_dir, i).rows for i in done),
         "skipped": man.skipped,
-        "failed_shards": [f["index"] for f in man.failures],
+        "failed_shards": [f["index"] for f in man.failures if isinstance(f, dict) and "index" in f],
         "seconds": man.seconds,
     }
+    if disabled:
+        out["note"] = "disabled in the run's config; these are the results of an earlier run"
+    if note:
+        out["note"] = note
+    return out
 
 
 StageDone = Callable[[Stage, "Manifest | None"], None]
 
 
 def run_stages(cfg: RunConfig, numbers: list[int], registry: StageRegistry, *,
-               recompute: bool = False, progress: bool = True,
-               on_done: StageDone | None = None) -> dict[str, Manifest]:
+               recompute: bool = False, progress: bool | TextIO = True,
+               on_done: StageDone | None = None,
+               log_path: Path | None = None) -> dict[str, Manifest]:
     """Run (or resume) the given stages in order, under the run lock.
 
     Every stage's own config checks run first, before anything starts, so a bad value in
     stage 5's block fails now rather than after an hour of stage 4. A stage switched off
-    in the config is skipped (``on_done`` gets None for it). Returns the manifests by
-    stage folder name.
+    in the config is skipped (``on_done`` gets None for it) and recorded as such for
+    `status`. Returns the manifests by stage folder name.
     """
     stages = [registry.by_number(n) for n in numbers]
     for stage in stages:
         if stage.enabled(cfg):
             stage.check(cfg)
+    prepare_run_dir(cfg)
     out: dict[str, Manifest] = {}
     with run_lock(cfg.run_dir):
+        shards.atomic_write_json(cfg.run_dir / STAGES_RECORD,
+                                 {"enabled": {s.dirname: s.enabled(cfg) for s in registry}})
         for stage in stages:
             if not stage.enabled(cfg):
                 if on_done:
                     on_done(stage, None)
                 continue
-            man = run_stage(cfg, stage, registry, recompute=recompute, progress=progress)
+            man = run_stage(cfg, stage, registry, recompute=recompute, progress=progress,
+                            log_path=log_path)
             out[stage.dirname] = man
             if on_done:
                 on_done(stage, man)
@@ -306,7 +480,7 @@ def producing_chain(run_dir: Path, last: str) -> list[Manifest]:
     chain: list[Manifest] = []
     name: str | None = last
     while name:
-        man = Manifest.read(run_dir / name)
+        man = Manifest.read(run_dir / name)  # unreadable: ManifestError, rerun that stage
         if man is None:
             raise RunError(f"{run_dir / name} has no manifest; run that stage first")
         chain.append(man)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from pipeline.core.errors import ConfigError
 from pipeline.core.schema import make_prompt_row
 from pipeline.sampling.question_writer import (
     RewriteJob,
@@ -28,11 +29,12 @@ def templates(kind: str, wanted: list[str]) -> list[str]:
     """The template names of ``kind`` to use: ``wanted``, or all when it is empty."""
     have = list_templates(kind)
     missing = sorted(set(wanted) - set(have))
+    key = "rewrite.seed_templates" if kind == "seed_guided" else "rewrite.skill_templates"
     if missing:
-        raise ValueError(f"rewrite: no {kind} template(s) {missing}; have {have}")
+        raise ConfigError(f"{key}: no {kind} template(s) {missing}; have {have}")
     names = [t for t in have if not wanted or t in wanted]
     if not names:
-        raise ValueError(f"rewrite: no {kind} templates found")
+        raise ConfigError(f"{key}: no {kind} templates found")
     return names
 
 

@@ -36,11 +36,14 @@ from typing import ClassVar
 
 import pyarrow as pa
 
+from pipeline.core.errors import ConfigError
 from pipeline.core.reports import group_by, write_json
 from pipeline.core.skills import UNKNOWN
 from pipeline.runner.stage import ShardTask, Stage
+from seeds.chartworld.variants import STRATEGIES
 from stages.common import engine_resources
 from stages.rewrite.common import LINEAGE_COLUMNS, RewriteEngines
+from stages.rewrite.llm_passes import templates
 from stages.rewrite.programmatic import world_config
 from stages.rewrite.shard import ShardRewrite
 
@@ -73,8 +76,16 @@ class RewriteStage(Stage):
         ]
 
     def check(self, cfg):
-        if cfg.rewrite.method in ("programmatic", "both"):
-            world_config(cfg.rewrite.world)
+        rc = cfg.rewrite
+        if rc.method in ("programmatic", "both"):
+            world_config(rc.world)
+            unknown = sorted(set(rc.strategies) - set(STRATEGIES))
+            if unknown:
+                raise ConfigError(f"rewrite.strategies: unknown {unknown}; known: {sorted(STRATEGIES)}")
+        if rc.method in ("llm", "both"):  # named templates must exist: fail now, not per shard
+            templates("seed_guided", rc.seed_templates)
+            if rc.skill_guided:
+                templates("skill_guided", rc.skill_templates)
 
     def setup(self, cfg):
         return RewriteEngines(cfg)

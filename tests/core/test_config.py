@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import re
+import types
+import typing
 
 import pytest
 import yaml
 
-from pipeline.core.config import RunConfig, apply_override, config_from_dict, load_config
+from pipeline.core.config import (
+    DeltaConfig,
+    RunConfig,
+    SamplingConfig,
+    apply_override,
+    config_from_dict,
+    load_config,
+)
 from pipeline.core.errors import ConfigError
 
 BASE = {
@@ -44,7 +55,7 @@ def test_valid_config_builds_typed_dataclasses():
         (_raw(models={"teacher": {"engine": "vllm", "model": "m", "dtyp": "x"},
                       "student": {"model": "s"}}), r"models\.teacher\.dtyp: unknown key"),
         (_raw(bogus=1), r"(^|\s)bogus: unknown key"),
-        (_raw(delta={"skip_solved": 0}), r"delta\.skip_solved must be in \(0, 1\] or null"),
+        (_raw(delta={"skip_solved": 0}), r"delta\.skip_solved must be in \(0, 1\], got 0"),
         (_raw(filter={"wrong_teacher_agreement": 2}), r"filter\.wrong_teacher_agreement must be in \[0, 1\]"),
     ],
 )
@@ -121,3 +132,100 @@ def test_stage_hash_covers_only_its_parts():
 def test_k_above_the_sampling_budget_is_refused_at_load():
     with pytest.raises(ConfigError, match=r"delta\.k must be in \[1, sampling\.n=4\]"):
         config_from_dict(_raw(sampling={"n": 4}, delta={"k": 5}))
+
+
+# ------------------------------------------------------------------------ value ranges
+
+
+def _bounded_fields(cls, prefix=""):
+    """(key path, range) of every field declared with a range, through the whole tree
+    (the first element of a list, the teacher for every engine block)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner = args[0] if typing.get_origin(tp) in (list, typing.Union, types.UnionType) and args else tp
+        path = f"{prefix}{f.name}"
+        if typing.get_origin(tp) is list and dataclasses.is_dataclass(inner):
+            yield from _bounded_fields(inner, f"{path}.0.")
+        elif dataclasses.is_dataclass(inner):
+            yield from _bounded_fields(inner, f"{path}.")
+        elif f.metadata.get("range"):
+            yield path, f.metadata["range"]
+
+
+def _outside(rng):
+    if "minimum" in rng:
+        return rng["minimum"] - 1
+    if "exclusiveMinimum" in rng:
+        return rng["exclusiveMinimum"]
+    return rng.get("maximum", rng.get("exclusiveMaximum")) + 1
+
+
+BOUNDED = sorted((k, r) for k, r in _bounded_fields(RunConfig)
+                 if not k.startswith(("models.student.", "models.rewriter.")))  # = teacher's
+FULL = _raw(ingest={"sources": [{"format": "chartworld", "path": "seeds"}]})
+
+
+def test_the_schema_declares_a_range_for_every_count_fraction_and_threshold():
+    keys = {k for k, _ in BOUNDED}
+    assert {"run.shard_size", "sampling.temperature", "sampling.top_p", "delta.threshold",
+            "filter.threshold", "filter.min_teacher_agreement", "mine.fail_below",
+            "rewrite.min_agreement", "assemble.validation_fraction",
+            "models.teacher.gpu_memory_utilization", "execution.num_workers",
+            "ingest.sources.0.limit"} <= keys
+    assert len(keys) >= 35
+
+
+@pytest.mark.parametrize("key, rng", BOUNDED, ids=[k for k, _ in BOUNDED])
+def test_a_value_outside_its_range_is_refused_at_load_naming_the_key(key, rng, tmp_path):
+    bad = _outside(rng)
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(FULL))
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)} must be .*, got {re.escape(repr(bad))}"):
+        load_config(p, [f"{key}={bad}"])
+    edge = rng.get("minimum", rng.get("maximum"))
+    if edge is not None and key != "delta.k":  # the bound itself is allowed (k: also <= n)
+        load_config(p, [f"{key}={edge}"])
+
+
+def test_ranges_hold_for_sections_built_in_code_too():
+    with pytest.raises(ConfigError, match=r"sampling\.temperature must be >= 0, got -1"):
+        SamplingConfig(temperature=-1)
+    with pytest.raises(ConfigError, match=r"delta\.threshold must be in \[0, 1\], got 1\.5"):
+        DeltaConfig(threshold=1.5)
+    with pytest.raises(ConfigError, match="min_pixels .* is above max_pixels"):
+        config_from_dict(_raw(models={"teacher": {"model": "t", "min_pixels": 9, "max_pixels": 4},
+                                      "student": {"model": "s"}}))
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("", "is empty"), ("  ", "is empty"), ("/abs/run", "is an absolute path"),
+    ("~/run", "contains a path separator"), ("a/b", "contains a path separator"),
+    ("..\\\\up", "contains a path separator"), ("../up", "contains a path separator"),
+    ("..", "contains '..'"), ("v1..2", "contains '..'"), (".", "starts with '.'"),
+    (".hidden", "starts with '.'"), ("tab\there", "control character"),
+])
+def test_run_name_is_one_folder_inside_run_root(name, problem):
+    with pytest.raises(ConfigError, match=rf"run\.name .* {re.escape(problem)}"):
+        config_from_dict(_raw(run={"name": name}))
+
+
+def test_good_run_names_and_override_values_that_are_not_json():
+    assert config_from_dict(_raw(run={"name": "demo-2_v1.3"})).run_dir.name == "demo-2_v1.3"
+    raw = copy.deepcopy(BASE)
+    apply_override(raw, "run.name=2024-01-01")  # YAML reads a date: kept as its text
+    assert config_from_dict(raw).run.name == "2024-01-01"
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        apply_override(raw, "sampling.n=[1")
+
+
+def test_a_number_yaml_reads_as_text_is_taken_where_a_number_is_expected(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("run: {name: t}\ndelta: {threshold: 1e-3}\nmodels:\n  teacher: {model: t, timeout_s: 5e1}\n"
+                 "  student: {model: s}\n")
+    cfg = load_config(p, ["filter.threshold=2e-2"])
+    assert (cfg.delta.threshold, cfg.filter.threshold, cfg.models.teacher.timeout_s) == (1e-3, 2e-2, 50.0)
+    assert load_config(p, ["run.name=1e-3"]).run.name == "1e-3"  # text where text is expected
+    with pytest.raises(ConfigError, match=r"delta\.threshold: expected number, got str 'low'"):
+        load_config(p, ["delta.threshold=low"])

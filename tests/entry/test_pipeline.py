@@ -93,6 +93,14 @@ def test_stages_one_at_a_time_then_the_dataset_loads(run_config, capsys):
     assert cli(["status", "--run", str(run_dir)]) == 0
     status = capsys.readouterr().out
     assert "01-ingest" in status and "complete" in status and "shards 3/3" in status
+    assert "03-rewrite   disabled" in status  # switched off in the config: not "not started"
+
+    # `run` over the finished stages redoes nothing and writes the report at its end
+    assert cli(["run", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "03-rewrite: disabled in config" in out and f"report: {run_dir / 'report.html'}" in out
+    report = (run_dir / "report.html").read_text()
+    assert report.count("data:image/jpeg;base64,") >= 2 and "<td>06-assemble</td>" in report
 
 
 def test_rerun_is_a_no_op_and_changed_sampling_is_refused(run_config, capsys):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -15,16 +17,20 @@ import ray
 
 from pipeline.core import shards
 from pipeline.core.config import config_from_dict
+from pipeline.core.errors import ManifestError, UserError
 from pipeline.runner.run import (
     Manifest,
     RunError,
     RunLockedError,
     StageFailedError,
+    StageInputError,
     run_lock,
     run_stage,
+    run_stages,
+    stage_status,
 )
 from pipeline.runner.stage import StageRegistry
-from tests.stages_for_tests import CountingStage, DoublingStage
+from tests.stages_for_tests import AfterOptionalStage, CountingStage, DoublingStage, OptionalStage
 from tools.compare_runs import stage_table
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,5 +168,105 @@ def test_ray_two_workers_process_every_shard_and_report_the_failing_one(tmp_path
         assert man.status == "complete" and man.rows == 79
         redone = [m for m in man.shards.values() if m["stats"]["pid"] not in pids]
         assert [m["index"] for m in redone] == [2]  # only the failed shard was run again
+
+        # A user's error raised inside a Ray worker still comes back as one line.
+        user = CountingStage(n_shards=4, fail_user=(3,))
+        with pytest.raises(StageInputError, match=r"^stage 01-count: the counting source .*1 shard\(s\) stopped"):
+            run_stage(_cfg(tmp_path, "user", backend="ray", execution={"backend": "ray", "num_cpus": 2}),
+                      user, StageRegistry([user]), progress=False)
     finally:
         ray.shutdown()
+
+
+# ------------------------------------------------------- unreadable manifests, user errors
+
+
+def test_an_unreadable_manifest_is_rebuilt_from_the_markers_and_said(tmp_path, caplog):
+    cfg = _cfg(tmp_path)
+    st = CountingStage(n_shards=4)
+    run_stage(cfg, st, StageRegistry([st]), progress=False)
+    stage_dir = cfg.run_dir / st.dirname
+    mtimes = {p.name: p.stat().st_mtime_ns for p in stage_dir.glob("shard-*.parquet")}
+    (stage_dir / "manifest.json").write_text('{"stage": "01-count", "rows": ')  # cut short
+
+    with pytest.raises(ManifestError, match="manifest.json is unreadable"):
+        Manifest.read(stage_dir)
+    status = stage_status(cfg.run_dir, st)  # `status` shows the markers, does not die
+    assert status["status"] == "rebuilt" and status["shards_done"] == 4 and status["rows"] == 39
+    assert "unreadable" in status["note"]
+
+    with caplog.at_level(logging.WARNING):
+        man = run_stage(cfg, st, StageRegistry([st]), progress=False)
+    assert "rebuilt it from 4 shard marker(s)" in caplog.text
+    assert man.status == "complete" and man.rows == 39 and man.skipped == {"unlucky": 1}
+    assert {p.name: p.stat().st_mtime_ns for p in stage_dir.glob("shard-*.parquet")} == mtimes
+    assert Manifest.read(stage_dir).status == "complete"
+
+
+def test_a_rebuilt_manifest_still_refuses_a_changed_config(tmp_path):
+    st = CountingStage(n_shards=2)
+    run_stage(_cfg(tmp_path), st, StageRegistry([st]), progress=False)
+    manifest = tmp_path / "r" / st.dirname / "manifest.json"
+    manifest.write_bytes(b"\x00\xff binary junk")
+    changed = _cfg(tmp_path, run={"name": "r", "root": str(tmp_path), "shard_size": 7})
+    with pytest.raises(RunError, match="config changed"):
+        run_stage(changed, st, StageRegistry([st]), progress=False)
+    # markers from before they recorded hashes: nothing to compare, so refuse clearly
+    for done in manifest.parent.glob("*.done"):
+        marker = json.loads(done.read_text())
+        marker.pop("config_hash"), marker.pop("input_hash")
+        done.write_text(json.dumps(marker))
+    with pytest.raises(RunError, match="rerun with --recompute"):
+        run_stage(_cfg(tmp_path), st, StageRegistry([st]), progress=False)
+    man = run_stage(_cfg(tmp_path), st, StageRegistry([st]), progress=False, recompute=True)
+    assert man.status == "complete" and man.rows == 19
+
+
+def test_an_unreadable_input_manifest_is_rebuilt_before_the_next_stage_reads_it(tmp_path, caplog):
+    st1, st2 = CountingStage(n_shards=3), DoublingStage()
+    reg = StageRegistry([st1, st2])
+    cfg = _cfg(tmp_path)
+    run_stage(cfg, st1, reg, progress=False)
+    (cfg.run_dir / st1.dirname / "manifest.json").write_text("[]")
+    with caplog.at_level(logging.WARNING):
+        man = run_stage(cfg, st2, reg, progress=False)
+    assert man.status == "complete" and man.rows == 29
+    assert "01-count/manifest.json was unreadable; rebuilt it" in caplog.text
+    assert Manifest.read(cfg.run_dir / st1.dirname).status == "complete"
+    # a missing input shard is never recomputed behind the user's back: refused instead
+    (cfg.run_dir / st1.dirname / "manifest.json").write_text("garbage")
+    shards.remove_shard(cfg.run_dir / st1.dirname, 1)
+    with pytest.raises(ManifestError, match="1 of its 3 shards are missing"):
+        run_stage(cfg, st2, reg, progress=False, recompute=True)
+
+
+def test_user_errors_in_shard_tasks_are_one_line_and_bugs_keep_their_tracebacks(tmp_path):
+    cfg = _cfg(tmp_path)
+    st = CountingStage(n_shards=4, fail_user=(1, 3))
+    with pytest.raises(StageInputError) as err:
+        run_stage(cfg, st, StageRegistry([st]), progress=False)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("stage 01-count: the counting source")
+    assert "2 shard(s) stopped" in message
+    man = Manifest.read(cfg.run_dir / st.dirname)
+    assert [f["user_error"] for f in man.failures] == [True, True]
+
+    mixed = CountingStage(n_shards=4, fail=(0,), fail_user=(1,))
+    with pytest.raises(StageFailedError) as err:
+        run_stage(_cfg(tmp_path, "mixed"), mixed, StageRegistry([mixed]), progress=False)
+    assert not isinstance(err.value, UserError)  # a bug among them: the CLI shows tracebacks
+    assert "shard 0: ValueError: boom in shard 0" in str(err.value)
+    assert all("Traceback" in f.traceback for f in err.value.failures)
+
+
+def test_status_says_disabled_for_a_stage_switched_off(tmp_path):
+    reg = StageRegistry([CountingStage(n_shards=2), OptionalStage(), AfterOptionalStage()])
+    cfg = _cfg(tmp_path)
+    done = []
+    run_stages(cfg, [1, 2, 3], reg, progress=False, on_done=lambda st, man: done.append((st.name, man)))
+    assert [(n, m is None) for n, m in done] == [("count", False), ("optional", True), ("after", False)]
+    statuses = {s["stage"]: s["status"] for s in (stage_status(cfg.run_dir, st) for st in reg)}
+    assert statuses == {"01-count": "complete", "02-optional": "disabled", "03-after": "complete"}
+    # a run folder without the record (older runs): read off the next stage's input
+    (cfg.run_dir / "stages.json").unlink()
+    assert stage_status(cfg.run_dir, reg.by_name("optional"))["status"] == "disabled"

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import cli
+from pipeline.core.errors import UsageError
 from pipeline.core.schema import make_prompt_row, prompt_schema
 from pipeline.sampling.prompts import format_question, requests_from_table
 from seeds.chartworld.spec import WorldConfig
@@ -111,10 +112,12 @@ def test_unknown_match_modes_are_refused():
         EvalConfig(match_mode="fuzzy")
     with pytest.raises(ValueError, match=r"match_by_source\['docs'\]"):
         EvalConfig(match_by_source={"docs": "ansl"})
-    with pytest.raises(SystemExit, match="SOURCE=MODE"):
-        main(["--model", "m", "--data", "d", "--match", "docs=ansl"])
-    with pytest.raises(SystemExit, match="two models are named"):
+    with pytest.raises(UsageError, match="SOURCE=MODE"):
+        main(["--model", "me/m", "--data", "d", "--match", "docs=ansl"])
+    with pytest.raises(UsageError, match="two models are named"):
         main(["--model", "a=x", "--model", "a=y", "--data", "d"])
+    with pytest.raises(UsageError, match="no such model folder './nowhere'"):
+        main(["--model", "./nowhere", "--data", "d"])
 
 
 def test_tables_show_each_model_per_skill_and_per_source():
@@ -165,5 +168,6 @@ def test_cli_hands_eval_and_train_their_words_unchanged(capsys):
         with pytest.raises(SystemExit) as exit_info:
             cli.main(argv)
         assert exit_info.value.code == 0 and expected in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="two models are named"):  # options reach eval in order
-        cli.main(["eval", "--model", "a=x", "--data", "d", "--model", "a=y"])
+    # options reach eval in order: the second model's name is the one refused
+    assert cli.main(["eval", "--model", "a=x", "--data", "d", "--model", "a=y"]) == 2
+    assert "two models are named 'a'" in capsys.readouterr().err
