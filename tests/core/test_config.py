@@ -119,3 +119,38 @@ def test_stage_hash_covers_only_its_parts():
 def test_k_above_the_sampling_budget_is_refused_at_load():
     with pytest.raises(ConfigError, match=r"delta\.k must be in \[1, sampling\.n=4\]"):
         config_from_dict(_raw(sampling={"n": 4}, delta={"k": 5}))
+
+
+def test_model_paths_are_checked_when_the_config_loads(tmp_path):
+    local = tmp_path / "my-model"
+    local.mkdir()
+    ok = config_from_dict(_raw(models={"teacher": {"model": str(local)},
+                                       "student": {"model": "Qwen/Qwen3-VL-2B-Instruct"}}))
+    assert ok.models.teacher.model == str(local)
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(_raw(models={
+            "teacher": {"model": str(tmp_path / "not-there")},
+            "student": {"model": "./models/student-v2"},
+            "rewriter": {"model": "not a hub id/with spaces"},
+        }))
+    msg = str(err.value)
+    # One error naming every bad key at once, before any stage (or shard) starts.
+    assert "models.teacher.model" in msg and str(tmp_path / "not-there") in msg
+    assert "models.student.model" in msg and "models.rewriter.model" in msg
+    assert msg.count("neither an existing folder") == 3
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ConfigError, match=r"models\.teacher\.model: .* is a file"):
+        config_from_dict(_raw(models={"teacher": {"model": str(tmp_path / "a-file")},
+                                      "student": {"model": "org/name"}}))
+
+
+def test_an_openai_engine_needs_base_url_not_a_local_path():
+    served = {"engine": "openai", "model": "Qwen/Qwen3-VL-8B-Instruct"}
+    with pytest.raises(ConfigError, match=r"models\.teacher\.base_url: engine 'openai' needs"):
+        config_from_dict(_raw(models={"teacher": served, "student": {"model": "org/s"}}))
+    # The served name is the server's business: no local path is looked for.
+    cfg = config_from_dict(_raw(models={
+        "teacher": {**served, "model": "whatever-the-server-calls-it",
+                    "base_url": "http://127.0.0.1:8000/v1"},
+        "student": {"model": "org/s"}}))
+    assert cfg.models.teacher.base_url == "http://127.0.0.1:8000/v1"
