@@ -104,7 +104,7 @@ def cmd_status(args) -> int:
         print(f"no run folder {args.run} (looked in . and {args.root}/)", file=sys.stderr)
         return 2
     holder = lock_holder(run_dir)
-    rows = [stage_status(run_dir, st, holder) for st in REGISTRY]
+    rows = [stage_status(run_dir, st) for st in REGISTRY]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -151,7 +151,7 @@ def cmd_push(args) -> int:
         print(f"error: {folder} does not exist; run stage {last.number} "
               f"({last.name}) first", file=sys.stderr)
         return 2
-    state = stage_status(run_dir, last, lock_holder(run_dir))["status"]
+    state = stage_status(run_dir, last)["status"]
     man = Manifest.read(run_dir / last.dirname)
     if state != "complete" or man is None or "files" not in man.report:
         why = (f"stage {last.dirname} is {state}" if state != "complete"

@@ -6,9 +6,10 @@
 
 Two rules, both checked on the real (symlink-resolved) paths at the moment of deleting:
 
-* **Inside the run folder.** The run folder must resolve strictly inside the run root, and
-  every path's parent must resolve inside the run folder. An absolute or ``..`` run name,
-  or a stage folder that is a symlink to somewhere else, gets nothing deleted at all,
+* **Inside the run folder.** The run folder must lie strictly inside the run root (its
+  path normalised: an absolute or ``..`` run name does not), and every path's parent must
+  resolve (symlinks followed) inside the run folder's real location. Such a run name, or
+  a stage folder that is a symlink to somewhere else, gets nothing deleted at all,
   whatever the name validation upstream lets through.
 * **Only what the project writes.** A name must be one the runner writes (shards, their
   markers and skipped-row files, manifests, ``skipped.jsonl``, temp files of atomic
@@ -57,13 +58,16 @@ class DeleteGuard:
 
     def __init__(self, run_root: str | os.PathLike, run_dir: str | os.PathLike,
                  outputs: Iterable[str] = ()):
-        self.root = Path(os.path.realpath(run_root))
+        # The run folder's *name* must stay inside the root (an absolute name, `..` or "."
+        # do not); the folder itself may be a symlink (runs on a bigger disk), and then
+        # everything deleted must resolve inside its target.
+        root, named = Path(os.path.abspath(run_root)), Path(os.path.abspath(run_dir))
         self.run_dir = Path(os.path.realpath(run_dir))
         self.outputs = tuple(outputs)
-        if not self.run_dir.is_relative_to(self.root) or self.run_dir == self.root:
+        if not named.is_relative_to(root) or named == root:
             self.run_dir_error = (
-                f"refusing to delete anything: the run folder {run_dir} resolves to "
-                f"{self.run_dir}, which is not inside the run root {self.root}"
+                f"refusing to delete anything: the run folder {run_dir} is not inside the "
+                f"run root {root}"
             )
         else:
             self.run_dir_error = ""

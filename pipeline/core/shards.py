@@ -51,6 +51,7 @@ def temp_dir_beside(path: Path) -> Path:
 def replace_dir(built: Path, path: Path, guard: DeleteGuard) -> None:
     """Put the finished folder ``built`` at ``path``: the old one is renamed aside first and
     deleted after, so a crash leaves the old complete folder, or none, never a half one."""
+    built.chmod(0o755)  # mkdtemp made it private; the folder it stands in for was not
     aside = None
     if path.exists():
         aside = temp_dir_beside(path)

@@ -84,17 +84,19 @@ def command(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:200]
 
 
-def shm_segments(pid: int) -> set[str]:
-    """Names of the /dev/shm files a process maps or holds open."""
+def shm_segments(pid: int, maps: bool = True) -> set[str]:
+    """Names of the /dev/shm files a process holds open, and (``maps``) maps: reading a
+    vLLM process's memory map costs milliseconds, so the recorder does it less often."""
     names: set[str] = set()
     prefix = str(SHM) + "/"
-    try:
-        for line in (PROC / str(pid) / "maps").read_text().splitlines():
-            path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
-            if path.startswith(prefix):
-                names.add(path[len(prefix):].removesuffix(" (deleted)"))
-    except OSError:
-        pass
+    if maps:
+        try:
+            for line in (PROC / str(pid) / "maps").read_text().splitlines():
+                path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
+                if path.startswith(prefix):
+                    names.add(path[len(prefix):].removesuffix(" (deleted)"))
+        except OSError:
+            pass
     try:
         for fd in (PROC / str(pid) / "fd").iterdir():
             try:
@@ -112,7 +114,11 @@ class ProcessRecorder:
     """While a run works: record its descendant processes and their /dev/shm segments in
     ``<run>/.owned.json`` (rewritten atomically when the set grows)."""
 
-    def __init__(self, run_dir: Path, guard: DeleteGuard, interval_s: float = 1.0):
+    # A scan every interval_s reads the process tree and open files (~20-60 ms on a busy
+    # machine); memory maps are read for new processes and every MAPS_EVERY-th scan.
+    MAPS_EVERY = 3
+
+    def __init__(self, run_dir: Path, guard: DeleteGuard, interval_s: float = 2.0):
         self.path = run_dir / RECORD
         self.guard = guard
         self.interval_s = interval_s
@@ -122,7 +128,7 @@ class ProcessRecorder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def scan(self) -> bool:
+    def scan(self, maps: bool = True) -> bool:
         """One look at the process tree; True when the record changed."""
         procs, shm = self.record["processes"], set(self.record["shm"])
         grew = False
@@ -134,10 +140,11 @@ class ProcessRecorder:
             # Ray workers and vLLM engines retitle themselves after start (ray::ShardWorker,
             # VLLM::EngineCore): keep the latest command line, for the cleanup's report.
             cmd = command(pid)
-            if key not in procs or procs[key]["start"] != started or (cmd and procs[key]["cmd"] != cmd):
+            is_new = key not in procs or procs[key]["start"] != started
+            if is_new or (cmd and procs[key]["cmd"] != cmd):
                 procs[key] = {"start": started, "cmd": cmd or procs.get(key, {}).get("cmd", "")}
                 grew = True
-            new = shm_segments(pid) - shm
+            new = shm_segments(pid, maps=maps or is_new) - shm
             if new:
                 shm |= new
                 grew = True
@@ -148,9 +155,11 @@ class ProcessRecorder:
         atomic_write_json(self.path, self.record)
 
     def _loop(self) -> None:
+        n = 0
         while not self._stop.wait(self.interval_s):
+            n += 1
             try:
-                if self.scan():
+                if self.scan(maps=n % self.MAPS_EVERY == 0):
                     self.write()
             except Exception:  # noqa: BLE001 - recording is best effort, never fatal
                 log.debug("process recorder scan failed", exc_info=True)

@@ -152,6 +152,7 @@ class Manifest:
     # The config parts hashed into config_hash, as plain data: what made this stage's
     # rows (the dataset card shows these, not whatever the config says today).
     config: dict[str, Any] = field(default_factory=dict)
+    pid: int | None = None  # the process that ran (or runs) it: it holds the run lock meanwhile
 
     @classmethod
     def read(cls, stage_dir: Path) -> Manifest | None:
@@ -231,7 +232,7 @@ def run_stage(cfg: RunConfig, stage: Stage, registry: StageRegistry, *, recomput
                    input_shards=input_shards, shards_total=len(tasks), versions=versions(),
                    upstream=upstream.dirname if upstream else None,
                    columns={name: doc for name, (_, doc) in stage.columns.items()},
-                   config=cfg.parts_of(stage.hash_keys(cfg)))
+                   config=cfg.parts_of(stage.hash_keys(cfg)), pid=os.getpid())
     planned = {t.index for t in tasks}
     # Leftovers from an interrupted write (temp files of shards, markers, the manifest,
     # reports) and shards no longer planned go.
@@ -309,16 +310,17 @@ def _totals(markers: dict[str, dict[str, Any]]) -> tuple[int, dict[str, int]]:
     return rows, skipped
 
 
-def stage_status(run_dir: Path, stage: Stage, holder: int | None = None) -> dict[str, Any]:
-    """One stage's progress. A manifest that says "running" while no live process holds
-    the run lock (``holder``, from ``lock_holder``) is reported "crashed"."""
+def stage_status(run_dir: Path, stage: Stage) -> dict[str, Any]:
+    """One stage's progress. A manifest that says "running" while the process that wrote
+    it does not hold the run lock (dead, or another run since) is reported "crashed"."""
     stage_dir = run_dir / stage.dirname
     man = Manifest.read(stage_dir)
     if man is None:
         return {"stage": stage.dirname, "status": "not started"}
     done = shards.complete_shards(stage_dir)
     status = man.status
-    if status == "running" and holder is None:
+    holder = lock_holder(run_dir) if status == "running" else None
+    if status == "running" and (holder is None or man.pid not in (None, holder)):
         status = "crashed"
     skipped_file = stage_dir / SKIPPED
     return {
@@ -370,6 +372,7 @@ def _crash_safety(run_root: str, run_dir: Path) -> Iterator[None]:
     """Under the run lock: first clean what a crashed earlier run of this folder left
     (its processes, its /dev/shm segments), then record ours while we work."""
     guard = DeleteGuard(run_root, run_dir)
+    guard.remove_temp_files(run_dir)  # e.g. the process record's, if the kill hit its write
     clean_after_crash(run_dir, guard)
     with ProcessRecorder(run_dir, guard):
         yield

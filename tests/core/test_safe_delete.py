@@ -105,3 +105,15 @@ def test_symlinks_are_never_followed(layout):
     assert "shard-00001.parquet" in left and "dataset/images" in left
     assert (stage / "shard-00001.parquet").is_symlink()
     assert _tree(victim) == before
+
+
+def test_a_symlinked_run_folder_is_its_target(tmp_path):
+    """Runs kept on a bigger disk: runs/r -> /elsewhere/r works, confined to the target."""
+    target = tmp_path / "disk" / "r"
+    (target / "01-x").mkdir(parents=True)
+    (target / "01-x" / "shard-00000.parquet").write_text("ours")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "r").symlink_to(target, target_is_directory=True)
+    guard = DeleteGuard(tmp_path / "runs", tmp_path / "runs" / "r")
+    assert guard.clear(tmp_path / "runs" / "r" / "01-x") == []
+    assert not (target / "01-x").exists() and target.is_dir()

@@ -81,6 +81,9 @@ def test_sigkill_mid_run_then_rerun_gives_exactly_the_uninterrupted_rows(tmp_pat
 
     cfg = _cfg(tmp_path, "killed")
     with run_lock(cfg.run_dir):  # the dead process's lock is gone with it
+        # A live holder now, but not the process that wrote the manifest: still crashed.
+        assert lock_holder(cfg.run_dir) == os.getpid()
+        assert stage_status(cfg.run_dir, st)["status"] == "crashed"
         man = run_stage(cfg, st, StageRegistry([st]), progress=False)
     assert man.status == "complete"
     got = _rows(stage_dir)
@@ -150,7 +153,7 @@ def test_second_concurrent_run_fails_clearly_and_first_is_unharmed(tmp_path):
         with run_lock(tmp_path / "busy"):
             pass
     assert lock_holder(tmp_path / "busy") == proc.pid
-    assert stage_status(tmp_path / "busy", CountingStage(), proc.pid)["status"] == "running"
+    assert stage_status(tmp_path / "busy", CountingStage())["status"] == "running"
     assert proc.wait(timeout=120) == 0
     assert Manifest.read(stage_dir).status == "complete"
     assert len(_rows(stage_dir)) == 119
