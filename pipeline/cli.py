@@ -34,11 +34,12 @@ from pipeline.core.errors import (
     UserError,
     one_line,
 )
-from pipeline.data.hub import PushError, push_dataset_folder
+from pipeline.data.hub import PushError, PushRefusedError, push_dataset_folder
 from pipeline.report import write_report
 from pipeline.runner.run import (
     Manifest,
     StageFailedError,
+    lock_holder,
     prepare_run_dir,
     run_stages,
     stage_status,
@@ -155,6 +156,7 @@ def _run_dir(run: str, root: str) -> Path:
 
 def cmd_status(args) -> int:
     run_dir = _run_dir(args.run, args.root)
+    holder = lock_holder(run_dir)
     rows = [stage_status(run_dir, st) for st in REGISTRY]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -166,10 +168,17 @@ def cmd_status(args) -> int:
             continue
         skipped = ", ".join(f"{k}={v}" for k, v in sorted(r["skipped"].items())) or "none"
         extra = f", failed shards {r['failed_shards']}" if r["failed_shards"] else ""
+        if r["skipped"] and r["skipped_rows_file"]:
+            extra += f" (rows and details: {r['skipped_rows_file']})"
         print(f"  {r['stage']:<12} {r['status']:<9} shards {r['shards_done']}/{r['shards_total']}, "
               f"rows {r['rows']}, skipped: {skipped}{extra}")
         if r.get("note"):
             print(f"  {'':<12} note: {r['note']}")
+    if any(r["status"] == "crashed" for r in rows):
+        print("  crashed: the process that ran it died (no live process holds the run lock); "
+              "rerun the same command to resume")
+    elif holder is not None:
+        print(f"  in progress: pid {holder} holds the run lock")
     return 0
 
 
@@ -205,14 +214,30 @@ def cmd_audit(args) -> int:
 
 
 def cmd_push(args) -> int:
-    folder = _run_dir(args.run, args.root) / REGISTRY.last().dirname / "dataset"
+    """Push only a dataset the assemble stage finished: its manifest complete (no live or
+    dead run in the middle of it) and every file byte for byte what it recorded."""
+    run_dir = _run_dir(args.run, args.root)
+    last = REGISTRY.last()
+    folder = run_dir / last.dirname / "dataset"
     if not folder.is_dir():
-        print(f"error: {folder} does not exist; run stage {REGISTRY.last().number} "
-              f"({REGISTRY.last().name}) first", file=sys.stderr)
+        print(f"error: {folder} does not exist; run stage {last.number} "
+              f"({last.name}) first", file=sys.stderr)
+        return 2
+    state = stage_status(run_dir, last)["status"]
+    man = Manifest.read(run_dir / last.dirname)
+    if state != "complete" or man is None or "files" not in man.report:
+        why = (f"stage {last.dirname} is {state}" if state != "complete"
+               else f"stage {last.dirname} recorded no file hashes (made by an older version)")
+        print(f"error: refusing to push {folder}: {why}; rerun stage {last.number} "
+              f"(deltaprompts stage {last.number} --config ...) and push once it is complete",
+              file=sys.stderr)
         return 2
     try:
         report = push_dataset_folder(folder, args.repo_id, private=args.private, dry_run=args.dry_run,
-                                     revision=args.revision)
+                                     revision=args.revision, expected_files=man.report["files"])
+    except PushRefusedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except PushError as e:
         print(f"error: push failed: {e}", file=sys.stderr)
         return 1

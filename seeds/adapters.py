@@ -154,6 +154,7 @@ def _image(value: Any, ctx: RecordContext) -> bytes | Skip:
             ctx.src.max_pixels,
             max_decode_pixels=ctx.src.max_decode_pixels,
             base_dir=ctx.table.base_dir,
+            allow_outside=ctx.src.allow_outside,
         )
     except ImageError as e:
         return Skip(e.kind, e.reason, ctx.index)

@@ -9,6 +9,11 @@ local cache and honours ``HF_HUB_OFFLINE``) or a local path:
 - a JSONL file (or a folder holding ``<split>.jsonl``), with image paths relative to the
   JSONL file's folder (or to ``image_dir``).
 
+Image paths are confined to that folder (``image_dir``, else the source's folder): a path
+with ``..``, an absolute path or a symlink that leads out of it is a counted
+``image_outside_source`` skip, never opened, unless the source sets ``allow_outside: true``.
+A Hub source has no folder: its image paths are read only with ``allow_outside``.
+
 Records are read *raw*: image columns come back as ``{"bytes", "path"}`` dicts (or bytes /
 path strings), never decoded by ``datasets``, so each image is decoded exactly once, by
 :func:`pipeline.core.images.normalize_image`, with our own error handling. Local Parquet is read
@@ -45,7 +50,7 @@ class Skip:
     """A record (or one prompt of it) that did not become a row, and why.
 
     ``reason`` is a short stable key (``missing_image``, ``corrupt_image``,
-    ``image_too_large``, ``empty_question``, ``empty_answer``, ``bad_type``,
+    ``image_too_large``, ``image_outside_source``, ``empty_question``, ``empty_answer``, ``bad_type``,
     ``bad_answer``, ``multi_image``, ``bad_record``); ``detail`` says what exactly;
     ``index`` is the record's index in the source (not in the selection).
     """

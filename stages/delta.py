@@ -52,6 +52,7 @@ class DeltaStage(Stage):
     columns = DELTA_COLUMNS
     # mine.grading: how answers are matched to gold (the student_solved rule, teacher_correct).
     config_keys = ["models.teacher", "models.student", "sampling", "delta", "mine.grading"]
+    outputs = ("delta_summary.json", "delta_hist.png")
     uses_models = True
 
     def upstream(self, cfg):
@@ -69,10 +70,11 @@ class DeltaStage(Stage):
                     grading=cfg.mine.grading)
         skipped = {"engine_error": m.scored.count(False)} if not all(m.scored) else {}
         reused = sum(len(h.student) for h, ok in zip(held, m.scored) if ok)
-        stats = {"samples": m.sample_counts(student_reused=reused),
-                 "errors": m.errors(column_or(table, "id"))}
+        errors = m.errors(column_or(table, "id"))
+        stats = {"samples": m.sample_counts(student_reused=reused), "errors": errors}
         out = add_columns(keep_rows(table, m.scored), delta_columns(m))
-        return ShardOutput(out, skipped=skipped, stats=stats)
+        return ShardOutput(out, skipped=skipped, stats=stats, skipped_rows=[
+            {"id": e["id"], "reason": "engine_error", "detail": e["error"]} for e in errors])
 
     def finalize(self, cfg, stage_dir, tables):
         table = pa.concat_tables(tables, promote_options="default")

@@ -74,11 +74,25 @@ def drop_reasons(rows: list[dict[str, Any]], f: FilterConfig, threshold: float) 
     return reason
 
 
+def _why(reason: str, row: dict[str, Any], f: FilterConfig, threshold: float) -> str:
+    """The detail of one drop, for skipped.jsonl."""
+    if reason == "zero_delta":
+        return f"delta {row['delta']:.4f} < threshold {threshold}"
+    if reason == "teacher_disagrees":
+        return f"teacher agreement {row['teacher_agreement']:.3f} < {f.min_teacher_agreement}"
+    if reason == "over_skill_cap":
+        return f"skill {row['skill']!r} already has max_per_skill={f.max_per_skill} higher-delta prompts"
+    if reason == "over_source_cap":
+        return f"source {row['source']!r} already has max_per_source={f.max_per_source} higher-delta prompts"
+    return "same image and a near-identical question as a higher-delta prompt"
+
+
 class FilterStage(Stage):
     number = 5
     name = "filter"
     input_stage = "delta"
     config_keys = ["filter", "delta.threshold"]
+    outputs = ("filter_report.json",)
 
     def plan(self, cfg, input_indices):
         return [ShardTask(index=0, input_shards=list(input_indices))]
@@ -94,6 +108,8 @@ class FilterStage(Stage):
         return ShardOutput(
             keep_rows(table, [x is None for x in reason]),
             skipped=dict(Counter(x for x in reason if x)),
+            skipped_rows=[{"id": r["id"], "reason": x, "detail": _why(x, r, f, threshold)}
+                          for r, x in zip(rows, reason) if x],
             stats={"kept_per_skill": dict(Counter(r["skill"] or UNKNOWN for r in kept)),
                    "kept_per_source": dict(Counter(r["source"] for r in kept))},
         )

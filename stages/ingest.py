@@ -30,6 +30,12 @@ class IngestStage(Stage):
         tasks, size = [], cfg.run.shard_size
         for s, src in enumerate(cfg.ingest.sources):
             n = count_source_rows(src)  # also checks columns: a broken source fails here
+            if n == 0:
+                raise RunError(
+                    f"source {src.label!r} ({src.hub_id or src.path}) has no records"
+                    + (f" after sample={src.sample}/limit={src.limit}"
+                       if src.sample is not None or src.limit is not None else "")
+                    + f" in split {src.split!r}: check its path, split and limit")
             for start in range(0, n, size):
                 tasks.append(ShardTask(index=len(tasks),
                                        payload={"source": s, "start": start, "stop": min(n, start + size)}))
@@ -37,17 +43,21 @@ class IngestStage(Stage):
 
     def process(self, cfg, state, task, table):
         src = cfg.ingest.sources[task.payload["source"]]
-        rows, seen, skipped = [], set(), {}
+        rows, seen, skipped, skipped_rows = [], set(), {}, []
         for item in iter_source_rows(src, task.payload["start"], task.payload["stop"]):
             if isinstance(item, Skip):
                 skipped[item.reason] = skipped.get(item.reason, 0) + 1
+                # No row, so no content id: the record is named by its source and index.
+                skipped_rows.append({"id": f"{src.label}#{item.index}", "reason": item.reason,
+                                     "detail": item.detail})
                 continue
             if item["id"] in seen:
                 skipped["duplicate_id"] = skipped.get("duplicate_id", 0) + 1
+                skipped_rows.append(_duplicate(item["id"], src.label))
                 continue
             seen.add(item["id"])
             rows.append(item)
-        return ShardOutput(rows_to_table(rows), skipped=skipped,
+        return ShardOutput(rows_to_table(rows), skipped=skipped, skipped_rows=skipped_rows,
                            stats={"source": src.label, "records": task.payload["stop"] - task.payload["start"]})
 
     def finalize(self, cfg, stage_dir, tables):
@@ -64,5 +74,13 @@ class IngestStage(Stage):
             n_dup = keep.count(False)
             dropped += n_dup
             marker.skipped["duplicate_id"] = marker.skipped.get("duplicate_id", 0) + n_dup
-            shards.write_shard(stage_dir, marker, table.filter(pa.array(keep)))
+            sources = table.column("source").to_pylist()
+            skipped_rows = shards.read_skipped_rows(stage_dir, index) + [
+                _duplicate(i, src, "an earlier shard") for i, src, k in zip(ids, sources, keep) if not k]
+            shards.write_shard(stage_dir, marker, table.filter(pa.array(keep)), skipped_rows)
         return {"rows": len(seen), "cross_shard_duplicates": dropped}
+
+
+def _duplicate(prompt_id: str, source: str, where: str = "this shard") -> dict:
+    return {"id": prompt_id, "reason": "duplicate_id",
+            "detail": f"same image and question as a row already kept from {where} (source {source})"}

@@ -33,6 +33,7 @@ class MineStage(Stage):
         "student_failed": (pa.bool_(), "student_accuracy < mine.fail_below"),
     }
     config_keys = ["models.student", "mine", "sampling"]
+    outputs = ("failures.json", "failures.png")
     uses_models = True
 
     def resources(self, cfg):
@@ -54,10 +55,12 @@ class MineStage(Stage):
                            model="student", round_=0)
         golds = table.column("answers").to_pylist()
         choices = table.column("choices").to_pylist()
-        keep, samples, answers, acc, failed, skipped = [], [], [], [], [], {}
-        for texts, ans, err, gold, ch in zip(got.texts, got.answers, got.errors, golds, choices):
+        keep, samples, answers, acc, failed, skipped, skipped_rows = [], [], [], [], [], {}, []
+        for pid, texts, ans, err, gold, ch in zip(table.column("id").to_pylist(), got.texts,
+                                                  got.answers, got.errors, golds, choices):
             if err:
                 skipped["engine_error"] = skipped.get("engine_error", 0) + 1
+                skipped_rows.append({"id": pid, "reason": "engine_error", "detail": err})
                 keep.append(False)
                 continue
             keep.append(True)
@@ -76,7 +79,7 @@ class MineStage(Stage):
                   "student_accuracy": acc, "student_failed": failed}
         out = add_columns(keep_rows(table, keep),
                           {k: (dtype, values[k]) for k, (dtype, _) in self.columns.items()})
-        return ShardOutput(out, skipped=skipped)
+        return ShardOutput(out, skipped=skipped, skipped_rows=skipped_rows)
 
     def finalize(self, cfg, stage_dir, tables):
         rows = (pa.concat_tables(tables, promote_options="default")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -121,6 +122,9 @@ class SourceConfig:
     split: str = "train"
     revision: str | None = None  # Hub revision (branch, tag or commit)
     image_dir: str | None = None  # relative image paths resolve here (default: source folder)
+    # Image paths must resolve inside image_dir / the source folder (no `..`, no absolute
+    # path or symlink out of it); true reads them wherever they point.
+    allow_outside: bool = False
     limit: int | None = bounded(None, ge=0)  # at most this many records (after sampling)
     sample: int | None = bounded(None, ge=0)  # random subset of this many records, drawn with `seed`
     seed: int = 0
@@ -383,9 +387,13 @@ class RunConfig:
             obj = getattr(obj, part)
         return obj
 
+    def parts_of(self, keys: list[str]) -> dict[str, Any]:
+        """The named config parts as plain data, by key (what a stage's manifest records)."""
+        return {k: to_dict(self.section(k)) for k in sorted(keys)}
+
     def hash_of(self, keys: list[str]) -> str:
         """Stable hash of the named config parts (e.g. ["models.student", "sampling"])."""
-        payload = {k: to_dict(self.section(k)) for k in sorted(keys)}
+        payload = self.parts_of(keys)
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -492,8 +500,41 @@ def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) ->
     coerce_floats(raw, RunConfig)
     validate(raw, RunConfig)
     try:
-        return build(RunConfig, raw)
+        cfg = build(RunConfig, raw)
     except ConfigError:
         raise
     except ValueError as e:  # a section's own checks (e.g. a source with no path)
         raise ConfigError(f"invalid config: {e}") from e
+    if cfg.models is not None:
+        problems = [p for role in ("teacher", "student", "rewriter")
+                    if (engine := getattr(cfg.models, role)) is not None
+                    and (p := model_problem(engine, f"models.{role}"))]
+        if problems:
+            raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    return cfg
+
+
+# A Hub repo id: `org/name`, letters, digits, `-`, `_`, `.` (no `--` or `..`, as the Hub says).
+_HUB_ID = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+
+
+def model_problem(engine: EngineConfig, key: str) -> str | None:
+    """Why ``engine`` cannot load its model, found at config load (not once per shard after
+    a stage started): a local-model engine needs an existing folder or a Hub id
+    ``org/name``; an ``openai`` engine needs ``base_url`` (its model is the served name)."""
+    model = engine.model.strip()
+    if engine.engine == "openai":
+        if not engine.base_url:
+            return (f"{key}.base_url: engine 'openai' needs the server's URL (e.g. "
+                    "http://127.0.0.1:8000/v1); model is the name the server serves")
+        return None if model else f"{key}.model: the name the server serves is required"
+    if not model:
+        return f"{key}.model: required (a local model folder, or a Hub id org/name)"
+    path = Path(model).expanduser()
+    if path.exists():
+        return None if path.is_dir() else f"{key}.model: {model!r} is a file, not a model folder"
+    looks_local = model.startswith(("/", ".", "~")) or "\\" in model or not _HUB_ID.match(model)
+    if looks_local:
+        return (f"{key}.model: {model!r} is neither an existing folder (looked for "
+                f"{path.resolve()}) nor a Hub id of the form org/name")
+    return None

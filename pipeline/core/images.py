@@ -51,6 +51,7 @@ DEFAULT_MAX_DECODE_PIXELS = 100_000_000
 MISSING = "missing_image"
 CORRUPT = "corrupt_image"
 TOO_LARGE = "image_too_large"
+OUTSIDE = "image_outside_source"
 
 _EXIF_ORIENTATION = 0x0112
 # EXIF orientation value -> the transpose that makes the picture upright (EXIF 2.3 spec).
@@ -89,6 +90,7 @@ def normalize_image(
     *,
     max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS,
     base_dir: str | os.PathLike | None = None,
+    allow_outside: bool = True,
 ) -> bytes:
     """Decode ``data`` and return canonical PNG bytes (RGB, at most ``max_pixels``).
 
@@ -96,6 +98,10 @@ def normalize_image(
     (``{"bytes": ..., "path": ...}``; bytes win, the path is read when bytes are absent),
     or a file path (relative paths are resolved against ``base_dir``). A PIL image is
     taken as already opened by the caller: the pixel cap applies, the decode limit does not.
+    With ``allow_outside=False`` a path must resolve (symlinks followed) inside
+    ``base_dir``, and with no ``base_dir`` no path is read at all: a seed record naming
+    ``../../x.png``, ``/etc/passwd`` or a symlink out of its folder is refused before
+    anything is opened (``image_outside_source``).
     Raises :class:`ImageError` for a missing, empty, undecodable or oversized image.
     """
     if max_pixels < 1:
@@ -103,7 +109,7 @@ def normalize_image(
     if isinstance(data, Image.Image):
         img = data
     else:
-        img = _open(_read_bytes(data, base_dir), max_pixels, max_decode_pixels)
+        img = _open(_read_bytes(data, base_dir, allow_outside), max_pixels, max_decode_pixels)
     try:
         orientation = img.getexif().get(_EXIF_ORIENTATION)
         rgb = _cap_pixels(_to_rgb(img), max_pixels)
@@ -167,7 +173,7 @@ def decode_image(image: ImageInput) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def _read_bytes(data: Any, base_dir: str | os.PathLike | None) -> bytes:
+def _read_bytes(data: Any, base_dir: str | os.PathLike | None, allow_outside: bool = True) -> bytes:
     if isinstance(data, dict):
         if data.get("bytes") is not None:
             data = data["bytes"]
@@ -181,6 +187,8 @@ def _read_bytes(data: Any, base_dir: str | os.PathLike | None) -> bytes:
         path = Path(data)
         if not path.is_absolute() and base_dir is not None:
             path = Path(base_dir) / path
+        if not allow_outside:
+            _check_inside(Path(data), path, base_dir)
         if not path.is_file():
             raise ImageError(MISSING, f"no such file: {path}")
         raw = path.read_bytes()
@@ -189,6 +197,17 @@ def _read_bytes(data: Any, base_dir: str | os.PathLike | None) -> bytes:
     if not raw:
         raise ImageError(CORRUPT, "empty file")
     return raw
+
+
+def _check_inside(given: Path, path: Path, base_dir: str | os.PathLike | None) -> None:
+    """Refuse a path that does not resolve inside ``base_dir`` (symlinks followed)."""
+    if base_dir is None:
+        raise ImageError(OUTSIDE, f"image path {str(given)!r} in a source with no folder to "
+                                  "read it from; set allow_outside: true on the source to allow it")
+    root = Path(os.path.realpath(base_dir))
+    if not Path(os.path.realpath(path)).is_relative_to(root):
+        raise ImageError(OUTSIDE, f"image path {str(given)!r} resolves outside the source folder "
+                                  f"{root}; set allow_outside: true on the source to allow it")
 
 
 def _open(raw: bytes, max_pixels: int, max_decode_pixels: int) -> Image.Image:

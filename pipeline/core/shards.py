@@ -19,6 +19,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.core.safe_delete import DeleteGuard
+
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
@@ -33,18 +35,30 @@ def file_sha256(path: Path) -> str:
 
 
 def _temp_beside(path: Path) -> tuple[int, str]:
-    """A temp file next to ``path``, named ``.<name>.<random>.tmp`` (see remove_temp_files)."""
+    """A temp file next to ``path``, named ``.<name>.<random>.tmp`` (a SIGKILL between
+    mkstemp and rename leaves it: ``DeleteGuard.remove_temp_files`` clears such leftovers)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
 
 
-def remove_temp_files(folder: Path) -> int:
-    """Delete what interrupted atomic writes left in ``folder`` (a SIGKILL between mkstemp
-    and rename runs no cleanup). Only safe while holding the run lock; returns the count."""
-    leftovers = list(folder.glob(".*.tmp"))
-    for tmp in leftovers:
-        tmp.unlink(missing_ok=True)
-    return len(leftovers)
+def temp_dir_beside(path: Path) -> Path:
+    """An empty temp folder next to ``path`` (``.<name>.<random>.tmp``): build a folder
+    there, then ``replace_dir`` it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+
+
+def replace_dir(built: Path, path: Path, guard: DeleteGuard) -> None:
+    """Put the finished folder ``built`` at ``path``: the old one is renamed aside first and
+    deleted after, so a crash leaves the old complete folder, or none, never a half one."""
+    built.chmod(0o755)  # mkdtemp made it private; the folder it stands in for was not
+    aside = None
+    if path.exists():
+        aside = temp_dir_beside(path)
+        os.replace(path, aside / path.name)
+    os.replace(built, path)
+    if aside is not None:
+        guard.remove(aside)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -93,8 +107,12 @@ class ShardMarker:
     input_hash: str = ""
 
 
-def write_shard(stage_dir: Path, marker: ShardMarker, table: pa.Table) -> ShardMarker:
-    """Write table then marker; returns the marker with the file's real hash and row count."""
+def write_shard(stage_dir: Path, marker: ShardMarker, table: pa.Table,
+                skipped_rows: list[dict[str, Any]] | None = None) -> ShardMarker:
+    """Write the skipped rows, the table, then the marker; returns the marker with the
+    file's real hash and row count. ``skipped_rows`` None keeps the shard's skipped file."""
+    if skipped_rows is not None:
+        atomic_write_bytes(skipped_path(stage_dir, marker.index), jsonl_bytes(skipped_rows))
     path = stage_dir / f"{shard_name(marker.index)}.parquet"
     atomic_write_table(path, table)
     marker.sha256 = file_sha256(path)
@@ -117,9 +135,25 @@ def read_marker(stage_dir: Path, index: int) -> ShardMarker | None:
     return marker if file_sha256(data) == marker.sha256 else None
 
 
-def remove_shard(stage_dir: Path, index: int) -> None:
-    for suffix in (".done", ".parquet"):
-        (stage_dir / f"{shard_name(index)}{suffix}").unlink(missing_ok=True)
+def remove_shard(stage_dir: Path, index: int, guard: DeleteGuard) -> None:
+    for suffix in (".done", ".parquet", ".skipped.jsonl"):
+        guard.remove(stage_dir / f"{shard_name(index)}{suffix}")
+
+
+def skipped_path(stage_dir: Path, index: int) -> Path:
+    return stage_dir / f"{shard_name(index)}.skipped.jsonl"
+
+
+def jsonl_bytes(rows: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows).encode()
+
+
+def read_skipped_rows(stage_dir: Path, index: int) -> list[dict[str, Any]]:
+    """The skipped rows written with shard ``index`` ([] for none, or an older shard)."""
+    path = skipped_path(stage_dir, index)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def read_shard(stage_dir: Path, index: int, columns: list[str] | None = None) -> pa.Table:

@@ -139,8 +139,12 @@ HUB_LICENSES = {
 }
 
 # Config keys whose values must never reach a public card (an openai-compatible engine
-# config may carry an API key).
-_SECRET_KEY = re.compile(r"(token|secret|password|api[_-]?key|authorization)", re.IGNORECASE)
+# config may carry an API key). Values elsewhere go through public_text.
+# The secret word must end the key: `hf_token`, `api_key`, `password` match; `max_tokens`
+# and `api_key_env` (the *name* of a variable) do not.
+_SECRET_KEY = re.compile(
+    r"(?:^|[_-])(?:token|secret|password|passwd|api[_-]?key|apikey|(?:secret|private|access)"
+    r"[_-]?key|authorization|auth|credentials?|cookie)$", re.IGNORECASE)
 
 
 @dataclass
@@ -181,7 +185,7 @@ class CardInfo:
     # per-stage column -> one line; entries for columns not in `features` are ignored, so
     # callers may pass every stage's docs at once
     column_docs: dict[str, str] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)  # the run config as plain data
+    config: dict[str, Any] = field(default_factory=dict)  # config parts as plain data (by stage, from manifests)
     pretty_name: str = "DeltaPrompts"
     repo_id: str | None = None  # for the load_dataset example
     license: str | None = None  # default: the sources' licence when they agree, else "other"
@@ -243,6 +247,14 @@ def render_card(info: CardInfo | dict[str, Any], template_path: Path | None = No
     if isinstance(info, dict):
         info = CardInfo.from_dict(info)
     _check(info)
+    # What reaches the card is public: model paths and source origins may be local paths
+    # or URLs with credentials, like any config value.
+    info = dataclasses.replace(
+        info,
+        teacher=public_text(info.teacher),
+        student=public_text(info.student),
+        sources=[dataclasses.replace(s, origin=public_text(s.origin)) for s in info.sources],
+    )
     license_id = dataset_license(info)
     total = sum(info.split_rows.values())
     data_files = {s: info.data_files.get(s, f"data/{s}-*") for s in info.split_rows}
@@ -281,14 +293,14 @@ def render_card(info: CardInfo | dict[str, Any], template_path: Path | None = No
     licences = sorted({s.license for s in info.sources})
     context = {
         "info": info,
-        "front_matter": yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip("\n"),
+        "front_matter": _dump(front).rstrip("\n"),
         "license_id": license_id,
         "licences_differ": len(licences) > 1,
         "total_rows": total,
         "data_files": data_files,
         "columns": columns,
         "zero_fraction": zero_fraction,
-        "config_yaml": yaml.safe_dump(redact(info.config), sort_keys=False, allow_unicode=True)
+        "config_yaml": _dump(redact(info.config))
         if info.config
         else "",
         "repo_id": info.repo_id or "<user>/<dataset-name>",
@@ -305,6 +317,24 @@ def render_card(info: CardInfo | dict[str, Any], template_path: Path | None = No
     env.filters["md_cell"] = md_cell
     env.filters["thousands"] = lambda n: f"{int(n):,}"
     return env.get_template(path.name).render(**context)
+
+
+class _CardDumper(yaml.SafeDumper):
+    """safe_dump, except that a string holding a character YAML reads as a line break
+    (NEL, LS, PS) is double-quoted, where it is escaped: plain or single-quoted, it came
+    back as a space (a pretty_name of "\\x85" read as " ")."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = '"' if any(c in value for c in "\x85\u2028\u2029") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_CardDumper.add_representer(str, _str)
+
+
+def _dump(data: Any) -> str:
+    return yaml.dump(data, Dumper=_CardDumper, sort_keys=False, allow_unicode=True)
 
 
 def _check(info: CardInfo) -> None:
@@ -433,15 +463,68 @@ def feature_type_name(feat: Any) -> str:
 
 
 def redact(obj: Any) -> Any:
-    """A copy of plain config data with secret-looking keys' values replaced."""
+    """A copy of plain config data fit for a public card: values of secret-looking keys
+    replaced, and every string through :func:`public_text` (credentials in URLs, tokens,
+    inline ``api_key=...``, local absolute paths)."""
     if isinstance(obj, dict):
         return {
-            k: ("<redacted>" if _SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v))
+            k: (REDACTED if _SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v))
             for k, v in obj.items()
         }
     if isinstance(obj, list):
         return [redact(v) for v in obj]
+    if isinstance(obj, str):
+        return public_text(obj)
     return obj
+
+
+REDACTED = "<redacted>"
+# scheme://user:password@host -> the userinfo goes (it is a credential whatever its shape).
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s]+@")
+# ?api_key=...&token=... in a URL's query
+_SECRET_PARAM = re.compile(
+    r"(?P<key>[?&;][^=&#\s]*(?:token|secret|password|passwd|api[_-]?key|key|auth|signature|sig)"
+    r"[^=&#\s]*=)[^&#\s]+", re.IGNORECASE)
+# api_key=..., token: ..., password = ... written inline in a free-text value
+_INLINE_SECRET = re.compile(
+    r"(?P<key>\b(?:api[_-]?key|access[_-]?token|auth[_-]?token|token|secret|password|passwd)"
+    r"\s*[:=]\s*)(?P<q>[\"']?)[^\s\"',;&]+", re.IGNORECASE)
+# Well-known token shapes: Hugging Face, OpenAI, GitHub, Slack, AWS keys, JWTs, Bearer.
+_TOKEN_SHAPES = re.compile(
+    r"\b(?:hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}"
+    r"|github_pat_[A-Za-z0-9_]{20,}|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}"
+    r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"
+    r"|(?<=Bearer )[A-Za-z0-9._~+/-]{8,}=*")
+_WINDOWS_ABS = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def public_text(text: str, base: Path | None = None) -> str:
+    """``text`` as it may appear on a public card.
+
+    Credentials go: the user:password of a URL, secret-named query parameters, inline
+    ``api_key=...`` / ``token: ...``, and strings shaped like well-known tokens. A local
+    absolute path (``/home/me/models/teacher``) is shown relative to ``base`` (default:
+    the working directory) when it lies inside it, else as its last part (``teacher``).
+    """
+    out = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", text)
+    out = _SECRET_PARAM.sub(lambda m: f"{m['key']}{REDACTED}", out)
+    out = _INLINE_SECRET.sub(lambda m: f"{m['key']}{m['q']}{REDACTED}", out)
+    out = _TOKEN_SHAPES.sub(REDACTED, out)
+    if "\n" in out or "://" in out:
+        return out
+    if _WINDOWS_ABS.match(out) or out.startswith("\\\\"):
+        return PurePosixPath(out.replace("\\", "/")).name or "<local path>"
+    if out.startswith(("/", "~")):
+        path = Path(out).expanduser()
+        root = (base or Path.cwd()).resolve()
+        try:
+            if root == Path(root.anchor):  # relative to "/" would be the whole path
+                raise ValueError(root)
+            rel = path.resolve().relative_to(root)
+        except (ValueError, OSError):
+            return PurePosixPath(out.replace("\\", "/")).name or "<local path>"
+        return rel.as_posix() if rel.parts else "."
+    return out
 
 
 def md_cell(value: Any) -> str:

@@ -27,6 +27,9 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.core.errors import UserError
+from pipeline.core.shards import file_sha256
+
 log = logging.getLogger(__name__)
 
 REPO_TYPE = "dataset"
@@ -46,6 +49,10 @@ RETRY_STATUS = frozenset({408, 412, 429, 500, 502, 503, 504})
 
 class PushError(RuntimeError):
     """The push failed; the message says why and whether re-running will resume."""
+
+
+class PushRefusedError(PushError, UserError):
+    """Nothing was sent: the folder is not exactly what the assemble stage wrote."""
 
 
 @dataclass
@@ -114,6 +121,7 @@ def push_dataset_folder(
     max_attempts: int = 5,
     retry_base_wait_s: float = 2.0,
     retry_max_wait_s: float = 60.0,
+    expected_files: dict[str, str] | None = None,
 ) -> PushReport:
     """Upload every data file of `folder` to the dataset repo `repo_id` (created if absent).
 
@@ -122,6 +130,11 @@ def push_dataset_folder(
     network call. Transient failures (412, 429, 5xx, dropped connections) are retried up
     to `max_attempts` calls in all, waiting as the server's Retry-After asks or else
     exponentially; each retry resumes rather than restarts.
+
+    ``expected_files`` (path in the folder -> sha256, as the assemble stage recorded them in
+    its manifest): when given, every file that would be sent must be one of them with that
+    exact content, and none of them may be missing; otherwise nothing is sent, a dry run
+    included (PushRefusedError).
     """
     root = Path(folder)
     if not root.is_dir():
@@ -133,6 +146,8 @@ def push_dataset_folder(
     files, excluded = list_push_files(root)
     if not files:
         raise PushError(f"nothing to push: {root} holds no data files")
+    if expected_files is not None:
+        check_files(root, files, expected_files)
     warnings = check_card(root)
     token_value, token_source = resolve_token(token, allow_network=not dry_run)
     report = PushReport(
@@ -231,6 +246,20 @@ def list_push_files(root: Path) -> tuple[list[PushFile], list[str]]:
         else:
             files.append(PushFile(path=rel, size=path.stat().st_size))
     return files, excluded
+
+
+def check_files(root: Path, files: list[PushFile], expected: dict[str, str]) -> None:
+    """Refuse unless ``files`` are exactly ``expected`` (path -> sha256), byte for byte."""
+    listed = {f.path for f in files}
+    problems = [f"{p} is missing" for p in sorted(set(expected) - listed)]
+    problems += [f"{p} was not written by the assemble stage" for p in sorted(listed - set(expected))]
+    problems += [f"{p} differs from what the assemble stage wrote" for p in sorted(listed & set(expected))
+                 if file_sha256(root / p) != expected[p]]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise PushRefusedError(
+            f"refusing to push {root}: {'; '.join(problems[:3])}{more}. Rerun the assemble "
+            "stage to rebuild the dataset, then push")
 
 
 def check_card(root: Path) -> list[str]:

@@ -1,10 +1,12 @@
 """The run folder: locking, manifests, and resume / skip-complete / refuse-if-changed.
 
     runs/<run>/
-      .lock                       held (flock) by the one process working on this run
+      .lock                       held (flock) by the one process working on this run; names its pid
+      .owned.json                 while running: its engine processes and /dev/shm segments
       stages.json                 which stages the last run's config switched on / off
       logs/                       the engines', Ray's and our own output (quiet runs)
-      01-ingest/shard-00000.parquet + shard-00000.done, ..., manifest.json
+      01-ingest/shard-00000.parquet + shard-00000.done (+ .skipped.jsonl), ..., manifest.json,
+                skipped.jsonl     every skipped row of the stage: id, reason, detail
       02-mine/...
 
 A rerun of a stage skips shards whose `.done` marker matches their file, redoes the rest,
@@ -16,6 +18,10 @@ in turn, so stale results can never be silently combined with fresh ones.
 Every shard marker also records the stage's config and input hashes, so a manifest that
 was lost or corrupted is rebuilt from the markers (and the rebuild is logged) rather than
 refused; the rebuilt manifest is held to the same refuse-if-changed rule.
+
+Every delete goes through one `DeleteGuard` (pipeline/core/safe_delete.py): only inside
+the run folder, only names the runner or the stage declares it writes. A manifest that
+says "running" while no live process holds the run lock is a crashed stage (`status`).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import json
 import logging
 import os
 import platform
-import shutil
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -42,13 +48,17 @@ from tqdm.auto import tqdm
 from pipeline.core import shards
 from pipeline.core.config import RunConfig
 from pipeline.core.errors import ManifestError, RunError, one_line
+from pipeline.core.safe_delete import DeleteGuard
 from pipeline.runner.execution import TaskFailure, execute
+from pipeline.runner.leftovers import ProcessRecorder, clean_after_crash
 from pipeline.runner.stage import ShardTask, Stage, StageRegistry
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 STAGES_RECORD = "stages.json"
+SKIPPED = "skipped.jsonl"
+LOCK = ".lock"
 
 
 class RunLockedError(RunError):
@@ -115,7 +125,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RunError(f"cannot create the run folder {run_dir}: {e.strerror or e}") from None
-    path = run_dir / ".lock"
+    path = run_dir / LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -136,6 +146,46 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def lock_holder(run_dir: Path) -> int | None:
+    """The pid of the live process holding the run lock, or None.
+
+    The holder writes its pid into the lock file (and truncates it when it lets go); a
+    pid that no longer runs, or (where /proc/locks says) holds no lock on that file, is
+    no holder: the process died without releasing anything but the kernel's flock.
+    """
+    path = run_dir / LOCK
+    try:
+        found = re.match(r"pid (\d+)", path.read_text())
+    except OSError:
+        return None
+    if not found:
+        return None
+    pid = int(found.group(1))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, someone else's
+    return pid if _flock_held(path, pid) is not False else None
+
+
+def _flock_held(path: Path, pid: int) -> bool | None:
+    """Whether /proc/locks lists a lock of ``pid`` on ``path`` (None: cannot tell)."""
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+        inode = path.stat().st_ino
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF" (blocked waiters have "->")
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[4].isdigit():
+            if int(fields[4]) == pid and fields[5].rsplit(":", 1)[-1] == str(inode):
+                return True
+    return False
+
+
 @dataclass
 class Manifest:
     stage: str
@@ -153,6 +203,10 @@ class Manifest:
     report: dict[str, Any] = field(default_factory=dict)
     upstream: str | None = None  # the folder of the stage whose shards were the input
     columns: dict[str, str] = field(default_factory=dict)  # columns this stage added -> doc
+    # The config parts hashed into config_hash, as plain data: what made this stage's
+    # rows (the dataset card shows these, not whatever the config says today).
+    config: dict[str, Any] = field(default_factory=dict)
+    pid: int | None = None  # the process that ran (or runs) it: it holds the run lock meanwhile
 
     @classmethod
     def read(cls, stage_dir: Path) -> Manifest | None:
@@ -270,6 +324,7 @@ def run_stage(cfg: RunConfig, stage: Stage, registry: StageRegistry, *, recomput
                     MANIFEST, rebuilt.shards_total)
         input_hash, input_shards, input_idx = input_fingerprint(upstream_dir)
     config_hash = cfg.hash_of(stage.hash_keys(cfg))
+    guard = DeleteGuard(cfg.run.root, run_dir, stage.outputs)
 
     old = read_or_rebuild(stage_dir, warn=not rebuild_only)  # rebuild_only: the caller says it
     if old is not None and old.status == "rebuilt" and not old.config_hash and not recompute:
@@ -288,28 +343,29 @@ def run_stage(cfg: RunConfig, stage: Stage, registry: StageRegistry, *, recomput
             )
         if changes or recompute:
             log.info("recomputing %s: %s", stage.dirname, "; ".join(changes) or "asked")
-            shutil.rmtree(stage_dir)
+            guard.clear(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
 
     tasks = stage.plan(cfg, input_idx)
     man = Manifest(stage=stage.dirname, config_hash=config_hash, input_hash=input_hash,
                    input_shards=input_shards, shards_total=len(tasks), versions=versions(),
                    upstream=upstream.dirname if upstream else None,
-                   columns={name: doc for name, (_, doc) in stage.columns.items()})
+                   columns={name: doc for name, (_, doc) in stage.columns.items()},
+                   config=cfg.parts_of(stage.hash_keys(cfg)), pid=os.getpid())
     planned = {t.index for t in tasks}
     # Leftovers from an interrupted write (temp files of shards, markers, the manifest,
     # reports) and shards no longer planned go.
-    if n_tmp := shards.remove_temp_files(stage_dir):
+    if n_tmp := guard.remove_temp_files(stage_dir):
         log.info("%s: removed %d temp file(s) of an interrupted write", stage.dirname, n_tmp)
     for stale in stage_dir.glob("shard-*.done"):
         if int(stale.stem.split("-")[1]) not in planned:
-            shards.remove_shard(stage_dir, int(stale.stem.split("-")[1]))
+            shards.remove_shard(stage_dir, int(stale.stem.split("-")[1]), guard)
 
     pending: list[ShardTask] = []
     for task in tasks:
         marker = shards.read_marker(stage_dir, task.index)
         if marker is None:
-            shards.remove_shard(stage_dir, task.index)  # partial: redo from scratch
+            shards.remove_shard(stage_dir, task.index, guard)  # partial: redo from scratch
             pending.append(task)
         else:
             man.shards[str(task.index)] = asdict(marker)
@@ -344,6 +400,7 @@ def run_stage(cfg: RunConfig, stage: Stage, registry: StageRegistry, *, recomput
                                    seconds=round(secs, 3), stats=out.stats,
                                    config_hash=config_hash, input_hash=input_hash),
                 out.table,
+                skipped_rows=out.skipped_rows or None,
             )
             man.shards[str(task.index)] = asdict(marker)
             man.write(stage_dir)  # progress is visible to `status` while running
@@ -363,6 +420,8 @@ def run_stage(cfg: RunConfig, stage: Stage, registry: StageRegistry, *, recomput
     # finalize may rewrite shards (ingest's cross-shard dedup): re-read their markers.
     man.shards = {str(t.index): asdict(shards.read_marker(stage_dir, t.index)) for t in tasks}
     man.rows, man.skipped = _totals(man.shards)
+    shards.atomic_write_bytes(stage_dir / SKIPPED, shards.jsonl_bytes(
+        [{**r, "shard": t.index} for t in tasks for r in shards.read_skipped_rows(stage_dir, t.index)]))
     man.status = "complete"
     man.write(stage_dir)
     return man
@@ -409,7 +468,9 @@ def is_disabled(run_dir: Path, stage_dirname: str) -> bool:
 
 def stage_status(run_dir: Path, stage: Stage) -> dict[str, Any]:
     """One stage's state for `status`: never fails on an unreadable manifest (it shows
-    what the shard markers hold, with a note)."""
+    what the shard markers hold, with a note). A manifest that says "running" while the
+    process that wrote it does not hold the run lock (dead, or another run since) is
+    reported "crashed"."""
     stage_dir = run_dir / stage.dirname
     disabled = is_disabled(run_dir, stage.dirname)
     note = None
@@ -421,9 +482,15 @@ def stage_status(run_dir: Path, stage: Stage) -> dict[str, Any]:
     if man is None:
         return {"stage": stage.dirname, "status": "disabled" if disabled else "not started"}
     done = shards.complete_shards(stage_dir)
+    status = man.status
+    holder = lock_holder(run_dir) if status == "running" else None
+    if status == "running" and (holder is None or man.pid not in (None, holder)):
+        status = "crashed"
+    skipped_file = stage_dir / SKIPPED
     out = {
         "stage": stage.dirname,
-        "status": man.status,
+        "status": status,
+        "skipped_rows_file": str(skipped_file) if skipped_file.is_file() else None,
         "shards_done": len(done),
         "shards_total": man.shards_total,
         "rows": sum(shards.read_marker(stage_dir, i).rows for i in done),
@@ -458,7 +525,7 @@ def run_stages(cfg: RunConfig, numbers: list[int], registry: StageRegistry, *,
             stage.check(cfg)
     prepare_run_dir(cfg)
     out: dict[str, Manifest] = {}
-    with run_lock(cfg.run_dir):
+    with run_lock(cfg.run_dir), _crash_safety(cfg.run.root, cfg.run_dir):
         shards.atomic_write_json(cfg.run_dir / STAGES_RECORD,
                                  {"enabled": {s.dirname: s.enabled(cfg) for s in registry}})
         for stage in stages:
@@ -472,6 +539,17 @@ def run_stages(cfg: RunConfig, numbers: list[int], registry: StageRegistry, *,
             if on_done:
                 on_done(stage, man)
     return out
+
+
+@contextmanager
+def _crash_safety(run_root: str, run_dir: Path) -> Iterator[None]:
+    """Under the run lock: first clean what a crashed earlier run of this folder left
+    (its processes, its /dev/shm segments), then record ours while we work."""
+    guard = DeleteGuard(run_root, run_dir)
+    guard.remove_temp_files(run_dir)  # e.g. the process record's, if the kill hit its write
+    clean_after_crash(run_dir, guard)
+    with ProcessRecorder(run_dir, guard):
+        yield
 
 
 def producing_chain(run_dir: Path, last: str) -> list[Manifest]:

@@ -38,6 +38,10 @@ class ShardOutput:
     table: pa.Table
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
     stats: dict[str, Any] = field(default_factory=dict)
+    # The skipped rows themselves, {"id", "reason", "detail"} each (which file was missing,
+    # what the engine said): the runner writes them beside the shard and merges them into
+    # the stage's skipped.jsonl.
+    skipped_rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Stage:
@@ -52,6 +56,9 @@ class Stage:
     input_stage: ClassVar[str | None] = None
     # A model-using stage loads engines once per worker in setup(); usually one per GPU.
     uses_models: ClassVar[bool] = False
+    # Files and folders (globs) finalize writes in the stage folder besides the runner's own
+    # (shards, markers, manifest, skipped.jsonl): the only other names the runner may delete.
+    outputs: ClassVar[tuple[str, ...]] = ()
 
     def hash_keys(self, cfg: RunConfig) -> list[str]:
         """Config parts hashed into the manifest (default: `config_keys`)."""

@@ -61,6 +61,7 @@ class RewriteStage(Stage):
     ]
     columns = LINEAGE_COLUMNS
     uses_models = True
+    outputs = ("rewrite_summary.json",)
 
     def enabled(self, cfg) -> bool:
         return cfg.rewrite.enabled

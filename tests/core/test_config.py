@@ -53,7 +53,7 @@ def test_valid_config_builds_typed_dataclasses():
         (_raw(delta={"metric": "kl"}), r"delta\.metric: expected one of \['jsd', 'tv', 'hellinger'\]"),
         ({"models": BASE["models"]}, r"<root>: 'run' is a required property"),
         (_raw(models={"teacher": {"engine": "vllm", "model": "m", "dtyp": "x"},
-                      "student": {"model": "s"}}), r"models\.teacher\.dtyp: unknown key"),
+                      "student": {"model": "org/s"}}), r"models\.teacher\.dtyp: unknown key"),
         (_raw(bogus=1), r"(^|\s)bogus: unknown key"),
         (_raw(delta={"skip_solved": 0}), r"delta\.skip_solved must be in \(0, 1\], got 0"),
         (_raw(filter={"wrong_teacher_agreement": 2}), r"filter\.wrong_teacher_agreement must be in \[0, 1\]"),
@@ -195,8 +195,8 @@ def test_ranges_hold_for_sections_built_in_code_too():
     with pytest.raises(ConfigError, match=r"delta\.threshold must be in \[0, 1\], got 1\.5"):
         DeltaConfig(threshold=1.5)
     with pytest.raises(ConfigError, match="min_pixels .* is above max_pixels"):
-        config_from_dict(_raw(models={"teacher": {"model": "t", "min_pixels": 9, "max_pixels": 4},
-                                      "student": {"model": "s"}}))
+        config_from_dict(_raw(models={"teacher": {"model": "org/t", "min_pixels": 9, "max_pixels": 4},
+                                      "student": {"model": "org/s"}}))
 
 
 @pytest.mark.parametrize("name, problem", [
@@ -222,10 +222,45 @@ def test_good_run_names_and_override_values_that_are_not_json():
 
 def test_a_number_yaml_reads_as_text_is_taken_where_a_number_is_expected(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text("run: {name: t}\ndelta: {threshold: 1e-3}\nmodels:\n  teacher: {model: t, timeout_s: 5e1}\n"
-                 "  student: {model: s}\n")
+    p.write_text("run: {name: t}\ndelta: {threshold: 1e-3}\nmodels:\n  teacher: {model: org/t, timeout_s: 5e1}\n"
+                 "  student: {model: org/s}\n")
     cfg = load_config(p, ["filter.threshold=2e-2"])
     assert (cfg.delta.threshold, cfg.filter.threshold, cfg.models.teacher.timeout_s) == (1e-3, 2e-2, 50.0)
     assert load_config(p, ["run.name=1e-3"]).run.name == "1e-3"  # text where text is expected
     with pytest.raises(ConfigError, match=r"delta\.threshold: expected number, got str 'low'"):
         load_config(p, ["delta.threshold=low"])
+
+
+def test_model_paths_are_checked_when_the_config_loads(tmp_path):
+    local = tmp_path / "my-model"
+    local.mkdir()
+    ok = config_from_dict(_raw(models={"teacher": {"model": str(local)},
+                                       "student": {"model": "Qwen/Qwen3-VL-2B-Instruct"}}))
+    assert ok.models.teacher.model == str(local)
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(_raw(models={
+            "teacher": {"model": str(tmp_path / "not-there")},
+            "student": {"model": "./models/student-v2"},
+            "rewriter": {"model": "not a hub id/with spaces"},
+        }))
+    msg = str(err.value)
+    # One error naming every bad key at once, before any stage (or shard) starts.
+    assert "models.teacher.model" in msg and str(tmp_path / "not-there") in msg
+    assert "models.student.model" in msg and "models.rewriter.model" in msg
+    assert msg.count("neither an existing folder") == 3
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ConfigError, match=r"models\.teacher\.model: .* is a file"):
+        config_from_dict(_raw(models={"teacher": {"model": str(tmp_path / "a-file")},
+                                      "student": {"model": "org/name"}}))
+
+
+def test_an_openai_engine_needs_base_url_not_a_local_path():
+    served = {"engine": "openai", "model": "Qwen/Qwen3-VL-8B-Instruct"}
+    with pytest.raises(ConfigError, match=r"models\.teacher\.base_url: engine 'openai' needs"):
+        config_from_dict(_raw(models={"teacher": served, "student": {"model": "org/s"}}))
+    # The served name is the server's business: no local path is looked for.
+    cfg = config_from_dict(_raw(models={
+        "teacher": {**served, "model": "whatever-the-server-calls-it",
+                    "base_url": "http://127.0.0.1:8000/v1"},
+        "student": {"model": "org/s"}}))
+    assert cfg.models.teacher.base_url == "http://127.0.0.1:8000/v1"

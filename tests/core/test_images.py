@@ -13,6 +13,7 @@ from PIL import Image, PngImagePlugin
 from pipeline.core.images import (
     CORRUPT,
     MISSING,
+    OUTSIDE,
     TOO_LARGE,
     ImageError,
     capped_size,
@@ -219,3 +220,32 @@ def test_decompression_bomb_header_is_too_large_not_corrupt():
 def test_bad_max_pixels():
     with pytest.raises(ValueError):
         normalize_image(encode(chart_image(0)), 0)
+
+
+def test_paths_confined_to_the_base_folder(tmp_path):
+    base, outside = tmp_path / "src", tmp_path / "elsewhere"
+    (base / "img").mkdir(parents=True)
+    outside.mkdir()
+    data = encode(chart_image(1))
+    (base / "img" / "a.png").write_bytes(data)
+    (outside / "b.png").write_bytes(data)
+    (base / "img" / "out.png").symlink_to(outside / "b.png")
+    (base / "img" / "in.png").symlink_to(base / "img" / "a.png")
+    (base / "img" / "sub").symlink_to(outside, target_is_directory=True)
+    ok = normalize_image("img/a.png", 10_000, base_dir=base, allow_outside=False)
+    # Inside, by any road (an absolute path into it, a symlink that stays in it).
+    for fine in (str(base / "img" / "a.png"), "img/in.png", "img/../img/a.png",
+                 {"bytes": None, "path": "img/a.png"}):
+        assert normalize_image(fine, 10_000, base_dir=base, allow_outside=False) == ok
+    for hostile in ("../elsewhere/b.png", str(outside / "b.png"), "img/out.png",
+                    "img/sub/b.png", "/etc/passwd", {"bytes": None, "path": "../elsewhere/b.png"}):
+        with pytest.raises(ImageError) as err:
+            normalize_image(hostile, 10_000, base_dir=base, allow_outside=False)
+        assert err.value.kind == OUTSIDE and "allow_outside: true" in err.value.reason
+        # ...and read as before when the caller allows it explicitly.
+        if hostile != "/etc/passwd":
+            assert normalize_image(hostile, 10_000, base_dir=base, allow_outside=True) == ok
+    # No folder to confine to: paths are refused, bytes still work.
+    with pytest.raises(ImageError, match="no folder"):
+        normalize_image(str(base / "img" / "a.png"), 10_000, allow_outside=False)
+    assert normalize_image(data, 10_000, allow_outside=False) == ok

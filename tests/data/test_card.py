@@ -21,7 +21,7 @@ from pipeline.core.schema import (
     prompt_schema,
     rows_to_table,
 )
-from pipeline.data.card import CardInfo, dataset_license, render_card, size_category
+from pipeline.data.card import CardInfo, dataset_license, public_text, render_card, size_category
 
 STAGE_FIELDS = [
     pa.field("delta", pa.float64()),
@@ -311,3 +311,58 @@ def test_card_configs_load_the_folder_with_datasets(tmp_path):
     write_dataset_folder(wrong, {"train": 5, "validation": 2}, card_rows={"train": 6, "validation": 2})
     with pytest.raises(datasets.exceptions.NonMatchingSplitsSizesError):
         datasets.load_dataset(str(wrong), cache_dir=str(tmp_path / "cache2"))
+
+
+@pytest.mark.parametrize(
+    ("value", "shown", "hidden"),
+    [
+        ("http://alice:s3cretTok@10.0.0.5:8000/v1", "http://<redacted>@10.0.0.5:8000/v1", "s3cretTok"),
+        ("https://api.example.com/v1?api_key=abc123xyz&model=m",
+         "https://api.example.com/v1?api_key=<redacted>&model=m", "abc123xyz"),
+        ("https://host/v1?sig=qqq999&token=ttt888", "https://host/v1?sig=<redacted>&token=<redacted>", "ttt888"),
+        ("use api_key=inline-KEY-42 here", "use api_key=<redacted> here", "inline-KEY-42"),
+        ('password: "hunter2hunter2"', 'password: "<redacted>"', "hunter2"),
+        ("hf_abcdefghijklmnopqrstuvwxyz012345", "<redacted>", "hf_abcdef"),
+        ("sk-proj-ABCDEFGHIJKLMNOPQRSTUV", "<redacted>", "ABCDEFGHIJ"),
+        ("Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlMTI", "Bearer <redacted>", "eyJhbGci"),
+        ("/home/alice/models/qwen-teacher", "qwen-teacher", "/home/alice"),
+        ("~/data/charts.jsonl", "charts.jsonl", "~"),
+        ("C:\\Users\\alice\\seeds", "seeds", "alice"),
+    ],
+)
+def test_public_text_drops_credentials_and_local_paths(value, shown, hidden):
+    out = public_text(value)
+    assert out == shown and hidden not in out
+
+
+def test_public_text_keeps_what_is_not_secret(tmp_path):
+    for plain in ("Qwen/Qwen3-VL-8B-Instruct", "models/chartworld/teacher", "jsd",
+                  "http://127.0.0.1:8000/v1", "Answer: <value>"):
+        assert public_text(plain) == plain
+    inside = tmp_path / "runs" / "demo" / "seeds"
+    assert public_text(str(inside), base=tmp_path) == "runs/demo/seeds"
+
+
+def test_card_config_is_redacted_by_value_and_paths_are_shortened():
+    config = {
+        "04-delta": {
+            "models.teacher": {"engine": "openai", "model": "served-name",
+                               "base_url": "https://bob:p4ssw0rdXYZ@gpu.example/v1",
+                               "api_key_env": "OPENAI_API_KEY",
+                               "extra_body": {"headers": "Authorization: Bearer abcdefgh12345678"}},
+            "sampling": {"n": 8, "max_tokens": 512},
+        },
+        "01-ingest": {"ingest": {"sources": [{"path": "/srv/private/alice/charts"}]}},
+    }
+    card = render_card(base_info(config=config, teacher="/srv/private/alice/teacher",
+                                 sources=[{"name": "s", "license": "mit",
+                                           "origin": "/srv/private/alice/charts"}]))
+    for leak in ("p4ssw0rdXYZ", "bob", "abcdefgh12345678", "/srv/private"):
+        assert leak not in card
+    block = yaml.safe_load(card.split("```yaml\n", 1)[1].split("```", 1)[0])
+    teacher = block["04-delta"]["models.teacher"]
+    assert teacher["base_url"] == "https://<redacted>@gpu.example/v1"
+    assert teacher["api_key_env"] == "OPENAI_API_KEY"  # the name of a variable, not a secret
+    assert block["04-delta"]["sampling"] == {"n": 8, "max_tokens": 512}  # not "secret-looking"
+    assert block["01-ingest"]["ingest"]["sources"][0]["path"] == "charts"
+    assert "| Teacher | `teacher` |" in card

@@ -28,9 +28,10 @@ from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 from PIL import Image
 
 from pipeline.core.schema import hf_features, make_prompt_row, rows_to_table
+from pipeline.core.shards import file_sha256
 from pipeline.data import hub
 from pipeline.data.card import render_card
-from pipeline.data.hub import PushError, push_dataset_folder
+from pipeline.data.hub import PushError, PushRefusedError, push_dataset_folder
 from tests.hub_standin import HubStandIn, real_client_for_standin  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("real_client_for_standin")]
@@ -467,3 +468,25 @@ def test_failure_kind_reads_status_retry_after_and_network_errors():
         None,
     )
     assert hub.failure_kind(ValueError("bad card")) == (None, None)
+
+
+def test_push_refuses_files_that_differ_from_the_recorded_hashes(tmp_path, standin):
+    folder = make_dataset_folder(tmp_path)
+    recorded = {p: file_sha256(folder / p) for p in local_files(folder)}
+    train = folder / "data" / "train-00000-of-00002.parquet"
+    good = train.read_bytes()
+    cases = {
+        "differs from what the assemble stage wrote": lambda: train.write_bytes(good[:652]),
+        "was not written by the assemble stage": lambda: (folder / "notes.txt").write_text("x"),
+        "is missing": lambda: train.unlink(),
+    }
+    for message, spoil in cases.items():
+        spoil()
+        for dry_run in (True, False):
+            with pytest.raises(PushRefusedError, match=message):
+                push(folder, standin, dry_run=dry_run, expected_files=recorded)
+        (folder / "notes.txt").unlink(missing_ok=True)
+        train.write_bytes(good)
+    assert standin.calls == []  # nothing was sent, not even a repo created
+    report = push(folder, standin, expected_files=recorded)
+    assert report.commit_oid and set(standin.files(REPO_ID)) >= set(recorded)

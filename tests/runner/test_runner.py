@@ -18,12 +18,14 @@ import ray
 from pipeline.core import shards
 from pipeline.core.config import config_from_dict
 from pipeline.core.errors import ManifestError, UserError
+from pipeline.core.safe_delete import DeleteGuard
 from pipeline.runner.run import (
     Manifest,
     RunError,
     RunLockedError,
     StageFailedError,
     StageInputError,
+    lock_holder,
     run_lock,
     run_stage,
     run_stages,
@@ -77,9 +79,15 @@ def test_sigkill_mid_run_then_rerun_gives_exactly_the_uninterrupted_rows(tmp_pat
     done_before = shards.complete_shards(stage_dir)
     assert 3 <= len(done_before) < 12, "the kill must land mid-run"
     assert Manifest.read(stage_dir).status == "running"
+    # Its lock holder is dead: `status` says crashed, not running forever.
+    assert lock_holder(tmp_path / "killed") is None
+    assert stage_status(tmp_path / "killed", st)["status"] == "crashed"
 
     cfg = _cfg(tmp_path, "killed")
     with run_lock(cfg.run_dir):  # the dead process's lock is gone with it
+        # A live holder now, but not the process that wrote the manifest: still crashed.
+        assert lock_holder(cfg.run_dir) == os.getpid()
+        assert stage_status(cfg.run_dir, st)["status"] == "crashed"
         man = run_stage(cfg, st, StageRegistry([st]), progress=False)
     assert man.status == "complete"
     got = _rows(stage_dir)
@@ -87,6 +95,11 @@ def test_sigkill_mid_run_then_rerun_gives_exactly_the_uninterrupted_rows(tmp_pat
     assert len({r[0] for r in got}) == len(got) == 12 * 10 - 1
     assert man.skipped == {"unlucky": 1}
     assert not list(stage_dir.glob(".*.tmp"))
+    # The skipped row itself, with its reason and detail, written with its shard.
+    lines = (stage_dir / "skipped.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == [
+        {"id": "value-3", "reason": "unlucky", "detail": "3 is unlucky", "shard": 0}]
+    assert stage_status(cfg.run_dir, st)["skipped_rows_file"] == str(stage_dir / "skipped.jsonl")
 
 
 def test_rerun_skips_complete_shards(tmp_path):
@@ -95,7 +108,7 @@ def test_rerun_skips_complete_shards(tmp_path):
     run_stage(cfg, st, StageRegistry([st]), progress=False)
     stage_dir = cfg.run_dir / st.dirname
     mtimes = {p.name: p.stat().st_mtime_ns for p in stage_dir.glob("shard-*.parquet")}
-    shards.remove_shard(stage_dir, 5)
+    shards.remove_shard(stage_dir, 5, DeleteGuard(tmp_path, cfg.run_dir))
     (stage_dir / "shard-00007.parquet").write_bytes(b"truncated")  # a corrupt leftover
     # What a SIGKILL between mkstemp and rename leaves, for any atomically written file.
     leftovers = [".shard-00005.parquet.a1b2.tmp", ".manifest.json.c3d4.tmp", ".report.json.e5f6.tmp"]
@@ -143,6 +156,8 @@ def test_second_concurrent_run_fails_clearly_and_first_is_unharmed(tmp_path):
     with pytest.raises(RunLockedError, match=r"in use by pid \d+"):
         with run_lock(tmp_path / "busy"):
             pass
+    assert lock_holder(tmp_path / "busy") == proc.pid
+    assert stage_status(tmp_path / "busy", CountingStage())["status"] == "running"
     assert proc.wait(timeout=120) == 0
     assert Manifest.read(stage_dir).status == "complete"
     assert len(_rows(stage_dir)) == 119
@@ -235,7 +250,7 @@ def test_an_unreadable_input_manifest_is_rebuilt_before_the_next_stage_reads_it(
     assert Manifest.read(cfg.run_dir / st1.dirname).status == "complete"
     # a missing input shard is never recomputed behind the user's back: refused instead
     (cfg.run_dir / st1.dirname / "manifest.json").write_text("garbage")
-    shards.remove_shard(cfg.run_dir / st1.dirname, 1)
+    shards.remove_shard(cfg.run_dir / st1.dirname, 1, DeleteGuard(tmp_path, cfg.run_dir))
     with pytest.raises(ManifestError, match="1 of its 3 shards are missing"):
         run_stage(cfg, st2, reg, progress=False, recompute=True)
 
@@ -270,3 +285,48 @@ def test_status_says_disabled_for_a_stage_switched_off(tmp_path):
     # a run folder without the record (older runs): read off the next stage's input
     (cfg.run_dir / "stages.json").unlink()
     assert stage_status(cfg.run_dir, reg.by_name("optional"))["status"] == "disabled"
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.is_symlink()}
+
+
+@pytest.mark.parametrize("hostile", ["absolute name", "dotdot name", "symlinked stage folder"])
+def test_recompute_deletes_nothing_outside_the_run_folder(tmp_path, hostile):
+    st = CountingStage(n_shards=2)
+    reg = StageRegistry([st])
+    victim_cfg = _cfg(tmp_path / "other", "victim")
+    run_stage(victim_cfg, st, reg, progress=False)
+    victim = victim_cfg.run_dir
+    (victim / st.dirname / "notes.txt").write_text("someone's notes")
+    before = _snapshot(tmp_path / "other")
+
+    cfg = _cfg(tmp_path / "runs", "r")
+    # Names that get past whatever validation the config has: the guard must hold anyway.
+    if hostile == "absolute name":
+        cfg.run.name = str(victim)
+    elif hostile == "dotdot name":
+        cfg.run.name = "../other/victim"
+    else:
+        (tmp_path / "runs" / "r").mkdir(parents=True)
+        (tmp_path / "runs" / "r" / st.dirname).symlink_to(victim / st.dirname)
+    with pytest.raises(RunError, match="refusing to delete"):
+        run_stage(cfg, st, reg, recompute=True, progress=False)
+    assert _snapshot(tmp_path / "other") == before
+
+
+def test_recompute_keeps_a_foreign_file_and_redoes_the_rest(tmp_path):
+    st = CountingStage(n_shards=2)
+    reg = StageRegistry([st])
+    cfg = _cfg(tmp_path)
+    run_stage(cfg, st, reg, progress=False)
+    stage_dir = cfg.run_dir / st.dirname
+    (stage_dir / "notes.txt").write_text("the user's")
+    (cfg.run_dir / "README").write_text("the user's too")
+    old = {p.name: p.stat().st_mtime_ns for p in stage_dir.glob("shard-*")}
+    man = run_stage(cfg, st, reg, recompute=True, progress=False)
+    assert man.status == "complete" and man.rows == 19
+    assert (stage_dir / "notes.txt").read_text() == "the user's"
+    assert (cfg.run_dir / "README").read_text() == "the user's too"
+    assert all(p.stat().st_mtime_ns != old[p.name] for p in stage_dir.glob("shard-*.parquet"))

@@ -7,6 +7,7 @@ JSONL file + image folder, and read back through seeds.adapters exactly as inges
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -320,6 +321,31 @@ def test_wrong_types_in_jsonl(tmp_path):
     assert got[6]["answers"] == ["7"]
     for i in (0, 7):
         assert got[i]["id"] == expected_id(good[i]["image"], good[i]["question"])
+
+
+def test_image_paths_stay_inside_the_source_folder(tmp_path):
+    recs = fx.chartqa_lmms_records(6)
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(recs[0]["image"]["bytes"] if isinstance(recs[0]["image"], dict)
+                        else recs[0]["image"])
+    recs[1]["image"] = "../outside.png"
+    recs[2]["image"] = str(outside)
+    recs[3]["image"] = "/etc/passwd"  # refused before it is opened, not as a corrupt image
+    recs[4]["image"] = "images/link.png"
+    path = fx.write_jsonl(recs, tmp_path / "src")
+    (tmp_path / "src" / "images" / "link.png").symlink_to(outside)
+    src = SourceConfig(format="chartqa_lmms", path=str(path), split="train",
+                       max_pixels=MAX_PIXELS)
+    rows, skips = collect(src)
+    assert {s.index: s.reason for s in skips} == {i: "image_outside_source" for i in (1, 2, 3, 4)}
+    assert all("allow_outside" in s.detail for s in skips)
+    assert "'/etc/passwd'" in next(s.detail for s in skips if s.index == 3)
+    assert sorted(json.loads(r["meta"])["source_index"] for r in rows) == [0, 5]
+
+    # Opened explicitly: the same records are read wherever they point.
+    rows, skips = collect(dataclasses.replace(src, allow_outside=True))
+    assert {s.index: s.reason for s in skips} == {3: "corrupt_image"}
+    assert len(rows) == 5
 
 
 def test_int_question_column_in_parquet_skips_each_row(tmp_path):

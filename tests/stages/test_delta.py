@@ -75,7 +75,7 @@ def run(tmp_path):
         raw = {
             "run": {"name": "skip", "root": str(tmp_path / "runs")},
             "execution": {"backend": "local"},
-            "models": {side: {"engine": "transformers", "model": f"scripted-{side}", "device": "cpu"}
+            "models": {side: {"engine": "transformers", "model": f"scripted/{side}", "device": "cpu"}
                        for side in ("teacher", "student")},
             "ingest": {"sources": [
                 {"name": "gold", "format": "generic", "path": str(tmp_path / "gold.parquet"),

@@ -181,8 +181,8 @@ def run_cfg(**rewrite):
         {
             "run": {"name": "t"},
             "models": {
-                "teacher": {"model": "stand-in-teacher"},
-                "student": {"model": "stand-in-student"},
+                "teacher": {"model": "stand-in/teacher"},
+                "student": {"model": "stand-in/student"},
             },
             "sampling": {"instruction": "", "n": 4},
             "rewrite": base,
@@ -288,7 +288,7 @@ def test_llm_passes_accept_dedup_label_and_keep_lineage():
     }
     assert (
         r["attempts"] == 1
-        and r["rewriter"] == "stand-in-teacher"
+        and r["rewriter"] == "stand-in/teacher"
         and r["pseudo_label_agreement"] == 1.0
     )
 
