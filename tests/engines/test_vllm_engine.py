@@ -123,3 +123,26 @@ def test_generation_capped_by_context(vllm_engine):
 
 def _token_ids(results):
     return [[c.token_ids for c in r.completions] for r in results]
+
+
+def test_prompt_length_is_counted_from_image_sizes_not_pixels(vllm_engine, monkeypatch):
+    # The length held against max_model_len is what the full HF processor would give,
+    # capped or not and for odd sizes, without running the image processor (vLLM runs it).
+    processor = vllm_engine.processor
+    text = processor.apply_chat_template(user_message("What is the value?"), add_generation_prompt=True,
+                                         tokenize=False)
+    images = [make_image(i, size) for i, size in enumerate([(224, 224), (192, 224), (33, 57), (600, 300),
+                                                            (17, 17)])]
+    full = [len(processor(text=[text], images=[im], return_tensors=None)["input_ids"][0]) for im in images]
+    assert len(set(full)) > 2  # the sizes give different token counts
+    pixel_passes = []
+    preprocess = processor.image_processor.preprocess
+    monkeypatch.setattr(processor.image_processor, "preprocess",
+                        lambda *a, **kw: pixel_passes.append(1) or preprocess(*a, **kw))
+    assert [vllm_engine.prompt_length(text, [im]) for im in images] == full
+    assert pixel_passes == []
+    # A prompt whose placeholders do not match its images is counted by the full processor.
+    odd = text.replace("<|image_pad|>", "")
+    assert vllm_engine.prompt_length(odd, images[:1]) == len(
+        processor(text=[odd], images=images[:1], return_tensors=None)["input_ids"][0])
+    assert pixel_passes
