@@ -1,6 +1,7 @@
 """`make bench`: run the benchmarks; each writes its figures to benchmarks/results/.
 
-    python -m benchmarks [adaptive] [engines] [engines448] [opd]   (default: all that are cheap)
+    python -m benchmarks [adaptive] [engines] [engines448] [opd] [delta] [trl] [adaptive-real] [gpu]
+                                                                   (default: all of them)
 
 Figures are for comparing later runs of the same command on the same machine; every
 results file names the machine and the exact command that made it.
@@ -21,6 +22,14 @@ BENCHES = {
                    "256", "--threads", "1", "--repeats", "2", "--out", "benchmarks/results/engines_448"],
     # one OPD / VA-OPD optimizer step on the chart-world toy pair (the trainer issue's figure)
     "opd": ["benchmarks.bench_opd", "--steps", "11", "--threads", "2"],
+    # issue 18: stage 4 against the bare vLLM engine (200 prompts; needs runs/teach or makes prompts)
+    "delta": ["benchmarks.bench_delta"],
+    # issue 18: our OPD trainer against TRL's DistillationTrainer (the `bench` extra)
+    "trl": ["benchmarks.bench_trl", "--steps", "11", "--threads", "2"],
+    # issue 18: adaptive Δ on a real 1,000-prompt run (stage 4 three times)
+    "adaptive-real": ["benchmarks.bench_adaptive_real"],
+    # issue 18: the prepared GPU check (skips itself without a GPU; `--dry-run` for the CPU)
+    "gpu": ["benchmarks.gpu_check", "--out", "benchmarks/results/gpu_check"],
 }
 
 
