@@ -108,7 +108,7 @@ def render(r: dict[str, Any]) -> str:
     pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
     d = r["decisions"]
     lines = [
-        "# Adaptive Δ on a real run (stage 4, vLLM on the CPU)",
+        f"# Adaptive Δ on a real run (stage 4, {r['engine']} engine)",
         "",
         f"Command: `{r['command']}` (also `make bench ARGS=adaptive-real`)  ",
         f"Machine: {r['machine']}  ",
@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
          "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.time() - t0,
          "prompts": a.prompts, "source_run": str(source), "config": a.config, "n": cfg.sampling.n,
          "policy": {"k": cfg.delta.k, "step": cfg.delta.step, "unanimous_k": cfg.delta.unanimous_k},
-         "fresh_student": a.fresh_student, "overrides": a.overrides}
+         "fresh_student": a.fresh_student, "overrides": a.overrides,
+         "engine": "/".join(sorted({cfg.models.teacher.engine, cfg.models.student.engine}))}
     out = Path(a.out)
     write_json(out.with_suffix(".json"), r)
     write_text(out.with_suffix(".md"), render(r))

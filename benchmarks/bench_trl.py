@@ -29,6 +29,10 @@ TRL samples one completion per prompt (``n=1``), so its dataset repeats each pro
 (prompt, rollout) pairs as ours. Ours samples the K rollouts of a prompt in one
 ``generate`` call (prefill once); TRL generates the whole batch in one call.
 
+A step's time: ours is the trainer's own ``step_s`` (rollouts, forwards, loss, backward,
+optimizer; its metrics line is written after it); TRL's is the wall time between the ends of
+consecutive optimizer steps (the same work plus its per-step logging and data loading).
+
 Figures (median over steps 2..N; step 1 is warm-up): seconds per optimizer step,
 completion tokens per step and per second, the share spent in rollouts, peak memory
 (GPU: ``torch.cuda.max_memory_allocated``; CPU: the process's peak RSS). Results:
@@ -215,12 +219,13 @@ def render(r: dict[str, Any]) -> str:
     ]
     for name, side in (("ours (`deltaprompts train opd`)", o), ("TRL DistillationTrainer", t)):
         if not side:
-            lines.append(f"| {name} | not run | | | | |")
+            lines.append(f"| {name} | {'failed' if r.get('trl_error') else 'not run'} | | | | |")
             continue
         m = side["median"]
         lines.append(f"| {name} | {m['step_s']:.3f} | {m['tokens']:.0f} | **{m['tokens_per_s']:.0f}** | "
                      f"{100 * m['rollout_share']:.0f}% | {side['peak_memory_mb']:.0f} |")
-    lines += ["", f"Ours / TRL tokens/s: **{r['ratio_tokens_per_s']}x** (target ≥ 1.0x).", ""]
+    lines += ["", f"Ours / TRL tokens/s: **{r['ratio_tokens_per_s']}x** (target ≥ 1.0x)."
+              + (f" {r['trl_error']}" if r.get("trl_error") else ""), ""]
     return "\n".join(lines)
 
 
@@ -261,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, "-m", "benchmarks.bench_trl", *inner, "--side", side,
                    "--work", str(work), "--result", str(result)]
             rc = subprocess.call(cmd)
+            if rc != 0 and side == "trl":  # ours is still worth writing (e.g. TRL not installed)
+                r["trl_error"] = f"the TRL side failed ({rc}): {shlex.join(cmd)}"
+                print(r["trl_error"], file=sys.stderr)
+                continue
             if rc != 0:
                 raise SystemExit(f"the {side} side failed ({rc}): {shlex.join(cmd)}")
             r[side] = json.loads(result.read_text())

@@ -42,9 +42,11 @@ EOF
 optional=$("$PY" -c 'import importlib.util as u; print("" if u.find_spec("trl") else "trl")')
 if [ -d .wheelhouse ] && [ -n "$missing$optional" ]; then
   echo "gpu_check: installing from .wheelhouse: $missing $optional"
-  # shellcheck disable=SC2086
-  "$PY" -m pip install --no-index --find-links .wheelhouse $missing >"$OUT/pip.log" 2>&1 \
-    || echo "gpu_check: some of [$missing] could not be installed (see pip.log)"
+  if [ -n "$missing" ]; then
+    # shellcheck disable=SC2086
+    "$PY" -m pip install --no-index --find-links .wheelhouse $missing >"$OUT/pip.log" 2>&1 \
+      || echo "gpu_check: some of [$missing] could not be installed (see pip.log)"
+  fi
   if [ -n "$optional" ]; then
     "$PY" -m pip install --no-index --find-links .wheelhouse trl >>"$OUT/pip.log" 2>&1 \
       || echo "gpu_check: TRL not installed: the OPD step runs ours alone"

@@ -141,3 +141,19 @@ def test_delta_summary_ratios_against_the_bare_engine():
              prompts=100, source_run="runs/teach", config="configs/teach.yaml", overrides=[], engine="vllm")
     md = bench_delta.render(r)
     assert "| stage 4, delta.adaptive=true | n/a | 6.00 | 650 |" in md and "**0.6x**" in md
+
+
+def test_adaptive_report_reads_against_the_noise_floor():
+    runs = {key: {"samples": {"teacher_drawn": t, "student_drawn": 0}, "wall_s": w, "shard_seconds": w / 2}
+            for key, t, w in (("full", 800, 100.0), ("adaptive", 350, 70.0), ("full_reseeded", 800, 98.0))}
+    decisions = {"adaptive_vs_full": {"prompts": 100, "identical_fraction": 0.95, "zero_in_reference_only": 3,
+                                      "zero_in_other_only": 2},
+                 "full_vs_full_reseeded": {"prompts": 100, "identical_fraction": 0.94}}
+    r = {"runs": runs, "decisions": decisions, "summary": bench_adaptive_real.summarize(runs, decisions),
+         "command": "python -m benchmarks.bench_adaptive_real", "machine": {}, "date": "d", "seconds": 1.0,
+         "prompts": 100, "source_run": "runs/teach", "config": "configs/teach.yaml", "n": 8,
+         "policy": {"k": 1, "step": 2, "unanimous_k": 5}, "fresh_student": False, "engine": "vllm"}
+    md = bench_adaptive_real.render(r)
+    assert "stage 4, vllm engine" in md and "**total 56.2%**" in md
+    assert "**95.0%** of 100 prompts" in md and "agree on 94.0% of 100 prompts" in md
+    assert "**not met**" in md  # 95% < 98%, whatever the floor
