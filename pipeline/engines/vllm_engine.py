@@ -173,52 +173,64 @@ class VLLMEngine(Engine):
     # --- sampling ------------------------------------------------------------------
 
     def _sample(self, requests: list[Request], p: SampleParams) -> list[SampleResult]:
-        results: list[SampleResult | None] = [None] * len(requests)
-        todo: list[tuple[int, dict, vllm.SamplingParams]] = []
-        for i, request in enumerate(requests):
-            try:
-                text, images, length = self._prepare(request)
-            except RequestError as e:
-                results[i] = SampleResult(completions=[], error=f"{request_name(request, i)}: {e}")
-                continue
-            params = vllm.SamplingParams(
-                n=p.n,
-                temperature=p.temperature,
-                top_p=p.top_p,
-                max_tokens=min(p.max_tokens, self.max_len - length),
-                seed=request_seed(p.seed, i),
-                stop=list(p.stop) if p.stop else None,
-                logprobs=0 if p.logprobs else None,  # 0: just the sampled token's logprob
-                ignore_eos=p.ignore_eos,
-            )
-            todo.append((i, self._prompt(text, images), params))
+        return self._sample_calls([(requests, p)])[0]
 
-        for i, outcome in self._generate(todo, requests):
+    def sample_many(self, calls) -> list[list[SampleResult]]:
+        """Several ``sample`` calls in one ``LLM.generate``: each request keeps its call's
+        parameters and the seed it would get there, and vLLM batches them all, so a round
+        of the adaptive policy with several sample counts is one decoding sweep."""
+        return self._sample_calls([(list(requests), params) for requests, params in calls])
+
+    def _sample_calls(self, calls: list[tuple[list[Request], SampleParams]]) -> list[list[SampleResult]]:
+        results: list[list[SampleResult | None]] = [[None] * len(requests) for requests, _ in calls]
+        todo: list[tuple[tuple[int, int], dict, vllm.SamplingParams]] = []
+        names: dict[tuple[int, int], str] = {}
+        for c, (requests, p) in enumerate(calls):
+            for i, request in enumerate(requests):
+                names[c, i] = request_name(request, i)
+                try:
+                    text, images, length = self._prepare(request)
+                except RequestError as e:
+                    results[c][i] = SampleResult(completions=[], error=f"{names[c, i]}: {e}")
+                    continue
+                params = vllm.SamplingParams(
+                    n=p.n,
+                    temperature=p.temperature,
+                    top_p=p.top_p,
+                    max_tokens=min(p.max_tokens, self.max_len - length),
+                    seed=request_seed(p.seed, i),
+                    stop=list(p.stop) if p.stop else None,
+                    logprobs=0 if p.logprobs else None,  # 0: just the sampled token's logprob
+                    ignore_eos=p.ignore_eos,
+                )
+                todo.append(((c, i), self._prompt(text, images), params))
+
+        for (c, i), outcome in self._generate(todo, names):
             if isinstance(outcome, str):
-                results[i] = SampleResult(completions=[], error=outcome)
+                results[c][i] = SampleResult(completions=[], error=outcome)
                 continue
             completions = []
-            for c in outcome.outputs:
+            for out in outcome.outputs:
                 lps = None
-                if p.logprobs and c.logprobs is not None:
-                    lps = [step[tok].logprob for step, tok in zip(c.logprobs, c.token_ids)]
+                if calls[c][1].logprobs and out.logprobs is not None:
+                    lps = [step[tok].logprob for step, tok in zip(out.logprobs, out.token_ids)]
                 completions.append(
                     Completion(
-                        text=c.text,
-                        token_ids=list(c.token_ids),
+                        text=out.text,
+                        token_ids=list(out.token_ids),
                         logprobs=lps,
-                        finish_reason=c.finish_reason,
+                        finish_reason=out.finish_reason,
                     )
                 )
-            results[i] = SampleResult(
+            results[c][i] = SampleResult(
                 completions=completions, prompt_tokens=len(outcome.prompt_token_ids)
             )
         return results  # type: ignore[return-value]
 
-    def _generate(self, todo, requests):
+    def _generate(self, todo, names):
         """Run ``todo`` in one ``generate``; if vLLM rejects the batch, one at a time.
 
-        Yields ``(index, RequestOutput | error message)``.
+        Yields ``(key, RequestOutput | error message)``; ``names[key]`` names a request.
         """
         if not todo:
             return
@@ -229,15 +241,15 @@ class VLLMEngine(Engine):
         except (ValueError, RuntimeError, TypeError) as e:
             log.warning("vLLM rejected the batch (%s); retrying its requests one by one", e)
         else:
-            yield from ((i, out) for (i, _, _), out in zip(todo, outputs))
+            yield from ((key, out) for (key, _, _), out in zip(todo, outputs))
             return
-        for i, prompt, params in todo:
+        for key, prompt, params in todo:
             try:
                 (out,) = self.llm.generate([prompt], [params], use_tqdm=False)
             except (ValueError, RuntimeError, TypeError) as e:
-                yield i, f"{request_name(requests[i], i)}: vLLM rejected it: {e}"
+                yield key, f"{names[key]}: vLLM rejected it: {e}"
             else:
-                yield i, out
+                yield key, out
 
     # --- scoring -------------------------------------------------------------------
 
