@@ -22,7 +22,7 @@ BENCHES = {
                    "256", "--threads", "1", "--repeats", "2", "--out", "benchmarks/results/engines_448"],
     # one OPD / VA-OPD optimizer step on the chart-world toy pair (the trainer issue's figure)
     "opd": ["benchmarks.bench_opd", "--steps", "11", "--threads", "2"],
-    # issue 18: stage 4 against the bare vLLM engine (200 prompts; needs runs/teach or makes prompts)
+    # issue 18: stage 4 against the bare vLLM engine (300 prompts of runs/teach, made when missing)
     "delta": ["benchmarks.bench_delta"],
     # issue 18: our OPD trainer against TRL's DistillationTrainer (the `bench` extra)
     "trl": ["benchmarks.bench_trl", "--steps", "11", "--threads", "2"],

@@ -1,10 +1,10 @@
 """Benchmark: adaptive Δ on a real run (vLLM on the CPU), not a simulation.
 
-    python -m benchmarks.bench_adaptive_real [--prompts 1000] [--source-run runs/teach]
+    python -m benchmarks.bench_adaptive_real [--prompts 1000] [--source-run RUN]
 
 Stage 4 (``python -m pipeline.cli stage 4``, a fresh process each) on the same prompts,
 the first ``--prompts`` of a pipeline run's 02-mine (``runs/teach``: 1,000 chart-world
-prompts; made when missing, see benchmarks/delta_runs.py), with ``configs/teach.yaml``'s
+prompts; else a pool made once, see benchmarks/delta_runs.py), with ``configs/teach.yaml``'s
 models and sampling, three times:
 
 * **full-N**: ``delta.adaptive=false``: the teacher draws n=8 per prompt;
@@ -44,6 +44,7 @@ import pyarrow as pa
 
 from benchmarks.delta_runs import (
     CONFIG,
+    default_source,
     delta_table,
     ensure_source_run,
     machine,
@@ -160,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--prompts", type=int, default=1000)
     p.add_argument("--shard-size", type=int, default=100, help="prompts per shard (the teach run's)")
-    p.add_argument("--source-run", default="runs/teach", help="a run with a complete 02-mine")
+    p.add_argument("--source-run", default=None,
+                   help="a run with a complete 02-mine, made when missing (default: runs/teach, else runs/bench-pool)")
     p.add_argument("--config", default=CONFIG)
     p.add_argument("--work", default="runs/bench-adaptive", help="scratch run folders")
     p.add_argument("--fresh-student", action="store_true", help="drop mine's student samples: sample both")
@@ -172,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     cfg = load_config(a.config, a.overrides + ["run.name=x"])
-    source = ensure_source_run(Path(a.source_run), max(a.prompts, 1000), a.config)
+    source = (ensure_source_run(Path(a.source_run), max(a.prompts, 1000), a.config)
+              if a.source_run else default_source(a.prompts, a.config))
     work = Path(a.work)
     prepare_run(source, work / "prompts", a.prompts, a.shard_size, drop_student=a.fresh_student)
     plan = {"full": ["delta.adaptive=false"], "adaptive": ["delta.adaptive=true"]}

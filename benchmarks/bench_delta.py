@@ -1,9 +1,9 @@
 """Benchmark: stage 4 (Δ) against the bare vLLM engine on the same prompts (its overhead).
 
-    python -m benchmarks.bench_delta [--prompts 200] [--source-run runs/teach]
+    python -m benchmarks.bench_delta [--prompts 300] [--source-run RUN]
 
 Every side samples the same prompts (the first ``--prompts`` of a pipeline run's 02-mine,
-by default ``runs/teach``; made when missing, see benchmarks/delta_runs.py) with the
+by default ``runs/teach``, else a pool made once: benchmarks/delta_runs.py) with the
 teacher and the student of ``configs/teach.yaml`` (chart-world toy pair, vLLM, n=8,
 T=0.7, 48 tokens). Mine's student samples are dropped, so stage 4 draws the student too:
 
@@ -48,6 +48,7 @@ import torch
 from benchmarks.delta_runs import (
     CONFIG,
     MINE,
+    default_source,
     ensure_source_run,
     machine,
     mine_table,
@@ -407,10 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_delta",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--prompts", type=int, default=200)
-    p.add_argument("--shard-size", type=int, default=50, help="prompts per shard (the demo's)")
-    p.add_argument("--source-run", default="runs/teach",
-                   help="a run with a complete 02-mine or 01-ingest (made when missing)")
+    p.add_argument("--prompts", type=int, default=300)
+    p.add_argument("--shard-size", type=int, default=100, help="prompts per shard (the teach run's)")
+    p.add_argument("--source-run", default=None,
+                   help="a run with a complete 02-mine or 01-ingest, made when missing "
+                        "(default: runs/teach, else runs/bench-pool)")
     p.add_argument("--image-size", type=int, default=None,
                    help="square chart images when the source run has to be made (default 160x128)")
     p.add_argument("--config", default=CONFIG)
@@ -440,8 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     cfg = load_config(a.config, run_overrides(Path(a.work), "x", a.overrides))
     world = WorldConfig(width=a.image_size, height=a.image_size) if a.image_size else None
-    source = ensure_source_run(Path(a.source_run), max(a.prompts, 100), a.config, mine=False,
-                               world=world, overrides=a.overrides)
+    source = (ensure_source_run(Path(a.source_run), max(a.prompts, 100), a.config, mine=False,
+                                world=world, overrides=a.overrides)
+              if a.source_run else default_source(a.prompts, a.config))
     work = Path(a.work)
     prompts = work / "prompts"
     prepare_run(source, prompts, a.prompts, a.shard_size, drop_student=True)

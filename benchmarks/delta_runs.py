@@ -11,8 +11,9 @@ student too (both models sampled, as a hand-written script would); otherwise it 
 them, which is what stage 4 does on a real run.
 
 The source is a finished pipeline run (``make reproduce`` makes ``runs/teach``, 1,000
-chart-world prompts). When it is missing, :func:`ensure_source_run` makes one: chart-world
-seeds, then stages 1 and 2 with ``configs/teach.yaml`` (rewrite off).
+chart-world prompts). When it is missing, :func:`default_source` makes ``runs/bench-pool``
+(:func:`ensure_source_run`: chart-world seeds, then stages 1 and 2 with
+``configs/teach.yaml``, rewrite off), once.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ CONFIG = "configs/teach.yaml"  # the chart-world toy pair, n=8, 48 tokens, bare 
 INGEST = REGISTRY.by_number(1).dirname
 MINE = REGISTRY.by_number(2).dirname
 DELTA = REGISTRY.by_number(4).dirname
+TEACH_RUN, POOL_RUN = Path("runs/teach"), Path("runs/bench-pool")
 STUDENT_COLUMNS = ("student_samples", "student_answers", "student_accuracy", "student_failed")
 # Every benchmark run: the config's models and sampling, rewrite off (stage 4 reads mine),
 # and only the adaptive policy deciding how many samples a prompt gets: a teacher skip on
@@ -70,6 +72,15 @@ def ensure_source_run(source: Path, n: int, config: str = CONFIG, *, mine: bool 
         "execution.backend=local", *overrides]))
     run_stages(cfg, [1, 2] if mine else [1], REGISTRY)
     return source
+
+
+def default_source(n: int, config: str = CONFIG) -> Path:
+    """``runs/teach`` (``make reproduce``'s 1,000-prompt run) when its 02-mine is complete;
+    else ``runs/bench-pool``, made once (``n`` prompts, at least 1,000; stages 1-2) and
+    shared by the benchmarks. A benchmark never writes into ``runs/teach``."""
+    if _complete(TEACH_RUN / MINE):
+        return TEACH_RUN
+    return ensure_source_run(POOL_RUN, max(n, 1000), config)
 
 
 def _complete(stage_dir: Path) -> bool:
