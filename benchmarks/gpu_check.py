@@ -35,6 +35,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,8 @@ def render(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.environ.get("OUT", "gpu_check_out"))
-    p.add_argument("--work", default=None, help="scratch (default: <out>/../gpu_check_work)")
+    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "gpu_check_work"),
+                   help="scratch: the model (GBs at full size), run folders")
     p.add_argument("--dry-run", action="store_true", help="the same steps at tiny sizes on the CPU")
     a = p.parse_args(argv)
     if not a.dry_run and not torch.cuda.is_available():
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     size = "dry" if a.dry_run else "full"
     out = Path(a.out).resolve()
-    work = Path(a.work).resolve() if a.work else out.parent / "gpu_check_work"
+    work = Path(a.work).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     use_vllm = has("vllm") and not a.dry_run and torch.cuda.is_available()
