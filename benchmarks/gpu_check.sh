@@ -59,4 +59,5 @@ fi
   torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' | tee "$OUT/device.txt"
 # The whole check stays under 8 minutes: each step has its own limit in gpu_check.py.
 LIMIT=470; [ -n "$DRY" ] && LIMIT=1800  # the dry run only stops a hang (a loaded CPU is slow)
-timeout "$LIMIT" "$PY" -m benchmarks.gpu_check $DRY --out "$OUT"
+# WORK: scratch folder (default: the temp dir); the model alone is GBs at full size
+timeout "$LIMIT" "$PY" -m benchmarks.gpu_check $DRY --out "$OUT" ${WORK:+--work "$WORK"}

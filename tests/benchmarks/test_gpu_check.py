@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_gpu_check_dry_run_runs_every_step_and_writes_its_results(tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "DRY_RUN": "1", "OUT": str(out), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "DRY_RUN": "1", "OUT": str(out), "WORK": str(tmp_path / "work"), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, timeout=1500,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
