@@ -145,7 +145,8 @@ def render(r: dict[str, Any]) -> str:
                      f"{pct(s['noise_floor_identical_fraction'])} of {f2['prompts']} prompts")
     lines += [
         f"- wall time saved: {pct(s['wall_saved_fraction'])} of the command, "
-        f"{pct(s['shard_seconds_saved_fraction'])} of the shard tasks",
+        f"{pct(s['shard_seconds_saved_fraction'])} of the shard tasks"
+        + (" (each run's first shard task also loads the student)" if r["fresh_student"] else ""),
         "",
         f"Target (from the simulation): ≥ {TARGET_SAVED:.0%} fewer samples with ≥ {TARGET_IDENTICAL:.0%} "
         f"identical decisions: **{'met' if s['target_met'] else 'not met'}**. Decisions of two real runs "
