@@ -1,7 +1,7 @@
 """`make bench`: run the benchmarks; each writes its figures to benchmarks/results/.
 
-    python -m benchmarks [adaptive] [engines] [engines448] [opd] [teacher_cost]
-                                                   (default: all that are cheap)
+    python -m benchmarks [adaptive] [engines] [engines448] [opd] [delta] [trl] [adaptive-real]
+                         [gpu] [teacher_cost]     (default: all but the ones marked slow)
 
 Figures are for comparing later runs of the same command on the same machine; every
 results file names the machine and the exact command that made it.
@@ -25,6 +25,14 @@ BENCHES = {
     # stage 4's teacher samples: full N / adaptive / adaptive + student_solved skip, on a
     # 1,000-seed chart-world pool built with the pipeline (about 20 min on 2 cores)
     "teacher_cost": ["benchmarks.teacher_cost", "--seeds", "1000", "--seed", "21"],
+    # issue 18: stage 4 against the bare vLLM engine (300 prompts of runs/teach, made when missing)
+    "delta": ["benchmarks.bench_delta"],
+    # issue 18: our OPD trainer against TRL's DistillationTrainer (the `bench` extra)
+    "trl": ["benchmarks.bench_trl", "--steps", "11", "--threads", "2"],
+    # issue 18: adaptive Δ on a real 1,000-prompt run (stage 4 three times)
+    "adaptive-real": ["benchmarks.bench_adaptive_real"],
+    # issue 18: the prepared GPU check (skips itself without a GPU; `--dry-run` for the CPU)
+    "gpu": ["benchmarks.gpu_check", "--out", "benchmarks/results/gpu_check"],
 }
 # Run only when named: they take many minutes.
 SLOW = {"teacher_cost"}

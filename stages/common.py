@@ -36,6 +36,9 @@ class LazyEngine:
     def sample(self, requests, *args, **kw):
         return self.get().sample(requests, *args, **kw)
 
+    def sample_many(self, calls):
+        return self.get().sample_many(calls)
+
     def close(self) -> None:
         if self._engine is not None:
             self._engine.close()

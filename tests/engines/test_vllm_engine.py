@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.engines import EngineConfig, Request, build_engine
+from pipeline.engines import EngineConfig, Request, SampleParams, build_engine
 from pipeline.sampling.prompts import user_message
 from tests.engine_fixtures import image_bytes, make_image, make_requests
 
@@ -123,3 +123,45 @@ def test_generation_capped_by_context(vllm_engine):
 
 def _token_ids(results):
     return [[c.token_ids for c in r.completions] for r in results]
+
+
+def test_prompt_length_is_counted_from_image_sizes_not_pixels(vllm_engine, monkeypatch):
+    # The length held against max_model_len is what the full HF processor would give,
+    # capped or not and for odd sizes, without running the image processor (vLLM runs it).
+    processor = vllm_engine.processor
+    text = processor.apply_chat_template(user_message("What is the value?"), add_generation_prompt=True,
+                                         tokenize=False)
+    images = [make_image(i, size) for i, size in enumerate([(224, 224), (192, 224), (33, 57), (600, 300),
+                                                            (17, 17)])]
+    full = [len(processor(text=[text], images=[im], return_tensors=None)["input_ids"][0]) for im in images]
+    assert len(set(full)) > 2  # the sizes give different token counts
+    pixel_passes = []
+    preprocess = processor.image_processor.preprocess
+    monkeypatch.setattr(processor.image_processor, "preprocess",
+                        lambda *a, **kw: pixel_passes.append(1) or preprocess(*a, **kw))
+    assert [vllm_engine.prompt_length(text, [im]) for im in images] == full
+    assert pixel_passes == []
+    # A prompt whose placeholders do not match its images is counted by the full processor.
+    odd = text.replace("<|image_pad|>", "")
+    assert vllm_engine.prompt_length(odd, images[:1]) == len(
+        processor(text=[odd], images=images[:1], return_tensors=None)["input_ids"][0])
+    assert pixel_passes
+
+
+def test_sample_many_runs_separate_calls_in_one_generate(vllm_engine, monkeypatch):
+    # A round of the adaptive policy with two sample counts: one vLLM generate, and each
+    # call's requests get what a call of their own gives (its n, seeds and logprobs).
+    requests = make_requests(3)
+    bad = Request(messages=user_message("What?"), images=[b"GIF89a broken"], id="bad")
+    calls = [(requests[:2], SampleParams(n=2, temperature=1.0, max_tokens=6, seed=5)),
+             ([requests[2], bad], SampleParams(n=3, temperature=1.0, max_tokens=4, seed=9, logprobs=True))]
+    generates = []
+    generate = vllm_engine.llm.generate
+    monkeypatch.setattr(vllm_engine.llm, "generate", lambda *a, **kw: generates.append(1) or generate(*a, **kw))
+    together = vllm_engine.sample_many(calls)
+    assert len(generates) == 1
+    apart = [vllm_engine.sample(list(r), p) for r, p in calls]
+    assert [_token_ids(t) for t in together] == [_token_ids(a) for a in apart]
+    assert [len(r.completions) for r in together[1]] == [3, 0] and "'bad'" in together[1][1].error
+    assert all(c.logprobs is not None and len(c.logprobs) == len(c.token_ids) for c in together[1][0].completions)
+    assert all(c.logprobs is None for r in together[0] for c in r.completions)

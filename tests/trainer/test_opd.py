@@ -204,6 +204,34 @@ def test_loss_positions_are_exactly_the_completion_tokens(trainer):
 
 
 @pytest.mark.slow
+def test_one_generate_for_the_step_gives_each_prompt_its_own_rollouts(tiny_models, toy_data, tmp_path):
+    # A student whose head is scaled x1000 samples its argmax at T=1, so rollouts are
+    # deterministic: a prompt's rollouts from the step's left-padded batch (other, longer
+    # or shorter prompts beside it) must be exactly what it gets alone.
+    student = tmp_path / "argmax_student"
+    shutil.copytree(tiny_models[1], student)
+    model = AutoModelForImageTextToText.from_pretrained(student, dtype=torch.float32)
+    with torch.no_grad():
+        w = model.lm_head.weight
+        col0 = w[:, 0].clone()
+        w.mul_(1000.0)
+        w[:, 0] = col0  # the tiny models' placeholder suppression, as built
+    model.save_pretrained(student)
+    cfg = make_cfg(tiny_models, tiny_models[0], toy_data, tmp_path / "run", rollouts_per_prompt=2,
+                   max_new_tokens=6)
+    cfg.student = str(student)
+    trainer = OPDTrainer(cfg)
+    items = trainer._next_prompts(4)
+    assert len({len(it.student_enc["input_ids"]) for it in items}) > 1  # padding is exercised
+    assert trainer._sample_many(items, 2) == [None] * 4
+    together = [[list(c) for c in it.completions] for it in items]
+    for item, expected in zip(items, together):
+        trainer._sample(item, 2)
+        assert item.completions == expected
+    assert any(len(c) > 1 for c in together[0])
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["opd", "va_opd"])
 def test_gradient_accumulation_is_exact(trainer, mode):
     items = trainer._next_prompts(2)
