@@ -111,6 +111,14 @@ def render(r: dict[str, Any]) -> str:
     lines = [
         f"# Adaptive Δ on a real run (stage 4, {r['engine']} engine)",
         "",
+        f"**Target (from the simulation): ≥ {TARGET_SAVED:.0%} fewer samples with ≥ {TARGET_IDENTICAL:.0%} "
+        f"identical decisions: {'met' if s['target_met'] else 'not met'}** (saved "
+        f"{pct(s['saved_fraction']['total'])}, identical {pct(s['identical_fraction'])}"
+        + (f"; two full-N runs with different draws agree on {pct(s['noise_floor_identical_fraction'])}"
+           if s["noise_floor_identical_fraction"] is not None else "")
+        + "). Decisions of two real runs also differ by their draws: read the identical share "
+        "against that noise floor.",
+        "",
         f"Command: `{r['command']}` (also `make bench ARGS=adaptive-real`)  ",
         f"Machine: {r['machine']}  ",
         f"Measured {r['date']}, {r['seconds']:.0f} s in all. {r['prompts']} chart-world prompts (the first of "
@@ -147,10 +155,6 @@ def render(r: dict[str, Any]) -> str:
         f"- wall time saved: {pct(s['wall_saved_fraction'])} of the command, "
         f"{pct(s['shard_seconds_saved_fraction'])} of the shard tasks"
         + (" (each run's first shard task also loads the student)" if r["fresh_student"] else ""),
-        "",
-        f"Target (from the simulation): ≥ {TARGET_SAVED:.0%} fewer samples with ≥ {TARGET_IDENTICAL:.0%} "
-        f"identical decisions: **{'met' if s['target_met'] else 'not met'}**. Decisions of two real runs "
-        "also differ by their draws; read the identical share against the noise floor.",
         "",
     ]
     return "\n".join(lines)

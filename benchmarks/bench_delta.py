@@ -61,7 +61,7 @@ from pipeline.core.config import load_config
 from pipeline.core.images import decode_image, image_bytes
 from pipeline.core.lazy import lazy
 from pipeline.core.reports import figure, write_json, write_text
-from pipeline.engines.base import prepare_images
+from pipeline.engines.base import prepare_images, request_seed
 from pipeline.engines.vllm_engine import llm_kwargs
 from pipeline.runner.stage import ShardTask
 from pipeline.sampling.prompts import prompt_text, requests_from_table, user_message
@@ -128,10 +128,30 @@ def bare_vllm(ecfg, rows, s) -> dict[str, Any]:
     t0 = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False)
     gen = time.perf_counter() - t0
+    # Two more passes, caches reset before each, to say what reproducible draws cost: the
+    # same generate with a seed per request (as VLLMEngine sends them, so a rerun or the
+    # sample store gets the same samples), then the plain one again (the order's effect).
+    seeded = [replace_params(params, seed=request_seed(0, i)) for i in range(len(prompts))]
+    extra = {}
+    for name, plist in (("generate_seeded_s", seeded), ("generate_again_s", params)):
+        for reset in ("reset_prefix_cache", "reset_mm_cache"):
+            if callable(getattr(llm, reset, None)):
+                getattr(llm, reset)()
+        t0 = time.perf_counter()
+        llm.generate(prompts, plist, use_tqdm=False)
+        extra[name] = round(time.perf_counter() - t0, 3)
     llm.llm_engine.engine_core.shutdown()
     return {"load_s": round(load, 3), "prepare_s": round(prep, 3), "generate_s": round(gen, 3),
             "samples": sum(len(o.outputs) for o in outputs),
-            "tokens": sum(len(c.token_ids) for o in outputs for c in o.outputs)}
+            "tokens": sum(len(c.token_ids) for o in outputs for c in o.outputs), **extra}
+
+
+def replace_params(params, **changes):
+    """A copy of vLLM ``SamplingParams`` with some fields changed."""
+    out = params.clone()
+    for k, v in changes.items():
+        setattr(out, k, v)
+    return out
 
 
 def bare_transformers(ecfg, rows, s) -> dict[str, Any]:
@@ -372,6 +392,15 @@ def render(r: dict[str, Any]) -> str:
                      f"{row['samples']} | {row['samples_per_s']} | **{row['ratio_without_startup']}x** | "
                      f"{_fmt(row['ratio_with_startup'], '')}{'x' if row['ratio_with_startup'] else ''} |")
     bare, local = r["bare"], r["local"]
+    if all("generate_seeded_s" in bare[m] for m in ("teacher", "student")):
+        plain = sum(bare[m]["generate_s"] for m in ("teacher", "student"))
+        seeded = sum(bare[m]["generate_seeded_s"] for m in ("teacher", "student"))
+        again = sum(bare[m]["generate_again_s"] for m in ("teacher", "student"))
+        ours = local["adaptive_false"]["total_s"]
+        lines += ["", f"What reproducible draws cost (bare side, both models, caches reset before each "
+                  f"pass): generate {plain:.2f} s plain, **{seeded:.2f} s with a seed per request** (as "
+                  f"our engine sends them), {again:.2f} s plain again. Stage 4 with adaptive off / the "
+                  f"seeded bare generate: **{ours / seeded:.3f}x**."]
     lines += ["", "Bare side per model (s): " + "; ".join(
         f"{m}: load {bare[m]['load_s']}, prepare {bare[m]['prepare_s']}, generate {bare[m]['generate_s']}, "
         f"{bare[m]['samples']} samples, {bare[m]['tokens']} tokens" for m in ("teacher", "student")),

@@ -141,6 +141,12 @@ def test_delta_summary_ratios_against_the_bare_engine():
              prompts=100, source_run="runs/teach", config="configs/teach.yaml", overrides=[], engine="vllm")
     md = bench_delta.render(r)
     assert "| stage 4, delta.adaptive=true | n/a | 6.00 | 650 |" in md and "**0.6x**" in md
+    assert "seed per request" not in md  # results from before the seeded pass existed
+    for m, (seeded, again) in (("teacher", (5.0, 4.0)), ("student", (3.0, 4.5))):
+        r["bare"][m].update(generate_seeded_s=seeded, generate_again_s=again)
+    md = bench_delta.render(r)
+    assert "generate 9.00 s plain, **8.00 s with a seed per request**" in md and "8.50 s plain again" in md
+    assert "the seeded bare generate: **1.250x**" in md  # 10.0 s in process / 8.0 s
 
 
 def test_adaptive_report_reads_against_the_noise_floor():
@@ -156,4 +162,6 @@ def test_adaptive_report_reads_against_the_noise_floor():
     md = bench_adaptive_real.render(r)
     assert "stage 4, vllm engine" in md and "**total 56.2%**" in md
     assert "**95.0%** of 100 prompts" in md and "agree on 94.0% of 100 prompts" in md
-    assert "**not met**" in md  # 95% < 98%, whatever the floor
+    # the verdict comes first (95% < 98%, whatever the floor), with the figures it judged
+    assert md.splitlines()[2].startswith("**Target") and "98% identical decisions: not met**" in md.splitlines()[2]
+    assert "identical 95.0%; two full-N runs with different draws agree on 94.0%" in md.splitlines()[2]
