@@ -189,6 +189,27 @@ def plot(a: dict) -> Any:
     return fig
 
 
+def scale_shortfalls(cfg: dict, runs: list[dict]) -> list[str]:
+    """Where a run is smaller than the experiment's design (>= 5 seeds per OPD arm, >= 5
+    budgets, 2,000 held-out questions, every setting), in words; empty when it is not."""
+    out = []
+    seeds: dict[str, set] = {}
+    for r in runs:
+        if r["setting"] == "opd":
+            seeds.setdefault(r["arm"], set()).add(r["seed"])
+    fewest = min((len(v) for v in seeds.values()), default=0)
+    if fewest < 5:
+        out.append(f"{fewest} seed(s) per OPD arm, not 5")
+    if len(cfg["budgets"]) < 5:
+        out.append(f"{len(cfg['budgets'])} budgets, not 5")
+    if cfg["heldout_n"] < 2000:
+        out.append(f"{cfg['heldout_n']} held-out questions, not 2,000")
+    missing = [s for s in ("sft", "transfer") if not any(r["setting"] == s for r in runs)]
+    if missing:
+        out.append("not run: " + ", ".join(missing))
+    return out
+
+
 def write_results(stem: Path, meta: dict, baseline: dict, runs: list[dict]) -> dict:
     a = analyse(baseline, runs)
     write_json(stem.with_suffix(".json"), {"meta": meta, "baseline": baseline, "analysis": a, "runs": runs})
@@ -196,8 +217,11 @@ def write_results(stem: Path, meta: dict, baseline: dict, runs: list[dict]) -> d
     verdicts = [f"- **{'MET' if t['met'] else 'MISSED'}**: {t['target']}: {t['measured']}."
                 for t in a["targets"]]
     cfg = meta["config"]
+    short = scale_shortfalls(cfg, runs)
     lines = ["# Does the data teach? Learning curves of OPD on each kind of prompt set", "",
              *verdicts, "",
+             *([f"**Smaller than the experiment asks for**: {'; '.join(short)}. The verdicts above "
+                "are on this scale.", ""] if short else []),
              f"Command: `{meta['command']}`  ",
              f"Machine: {meta['machine']}; total {meta['seconds']:.0f} s.  ",
              f"Settings: {cfg['prompts_per_step']} prompts x {cfg['rollouts']} rollouts per step, loss "

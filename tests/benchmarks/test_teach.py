@@ -17,7 +17,7 @@ from benchmarks.teach_arms import (
     pool_problems,
     select_pools,
 )
-from benchmarks.teach_report import analyse, targets
+from benchmarks.teach_report import analyse, scale_shortfalls, targets
 from benchmarks.teach_stats import (
     auc_log,
     betainc,
@@ -170,6 +170,18 @@ def test_targets_follow_the_numbers():
     worse = runs[:5] + [_run("deltaprompts", s, [v - 0.02 for v in c]) for s, c in enumerate(rnd)]
     t1, t2 = targets(base, analyse(base, worse))
     assert not t1["met"] and not t2["met"]
+
+
+def test_a_run_smaller_than_the_design_says_where():
+    full = {"budgets": [10, 20, 40, 80, 160], "heldout_n": 2000}
+    runs = [_run(arm, s, [0.5] * 5) for arm in ("random", "deltaprompts") for s in range(5)]
+    runs += [{"setting": st, "arm": "random", "seed": 0} for st in ("sft", "transfer")]
+    assert scale_shortfalls(full, runs) == []
+    small = {"budgets": [4, 8, 16, 32], "heldout_n": 500}
+    fewer = [r for r in runs if r["setting"] != "opd" or r["seed"] < 3 or r["arm"] == "random"]
+    assert scale_shortfalls(small, [r for r in fewer if r["setting"] != "transfer"]) == [
+        "3 seed(s) per OPD arm, not 5", "4 budgets, not 5", "500 held-out questions, not 2,000",
+        "not run: transfer"]
 
 
 # ----------------------------------------------------------------------- end to end, tiny
