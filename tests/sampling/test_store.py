@@ -3,6 +3,7 @@ and the model fingerprint (content, not path)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing as mp
 import shutil
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.cli import main as cli
 from pipeline.core.config import EngineConfig, SamplingConfig
 from pipeline.engines.base import Request
 from pipeline.sampling.fingerprint import model_identity
@@ -147,3 +149,21 @@ def test_model_identity_is_content_not_path(tmp_path):
     store.model(ident).put(_samples(rkey, range(4)), SAMPLING)
     assert len(store.model(ident).get([(rkey, 0)], SAMPLING)) == 1
     assert store.model(changed).get([(rkey, j) for j in range(4)], SAMPLING) == {}
+
+
+def test_cache_command_shows_and_prunes(tmp_path, capsys):
+    rkey = request_key(_request())
+    bad = SampleStore(tmp_path).model(MODEL, label="models/x").put(_samples(rkey, range(3)), SAMPLING)
+    SampleStore(tmp_path).model("b" * 64).put(_samples(rkey, range(2)), SAMPLING)
+    assert cli(["cache", "stats", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "5 samples in 2 files" in out and f"model {MODEL[:16]}: 3 samples" in out and "models/x" in out
+    _corrupt(bad, "flipped")
+    assert cli(["cache", "stats", "--cache-dir", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["corrupt_files"] == [str(bad)]
+    assert cli(["cache", "prune", "--cache-dir", str(tmp_path), "--model", "bbbb", "--dry-run"]) == 0
+    assert "would remove 2 files" in capsys.readouterr().out  # the corrupt one and model b's
+    assert SampleStore(tmp_path).stats()["files"] == 2
+    assert cli(["cache", "prune", "--cache-dir", str(tmp_path), "--older-than", "-1"]) == 2
+    assert "--older-than" in capsys.readouterr().err
+    assert cli(["cache", "stats", "--cache-dir", str(tmp_path / "nothing")]) == 2
