@@ -42,8 +42,9 @@ class RewriteEngines:
         self._rewriter = rewriter or (self._teacher if same else LazyEngine(rcfg))
         self.rewriter_name = (rcfg or cfg.models.teacher).model
         # Pseudo-labels are the teacher's samples 0..n-1: the same ones delta draws first, so
-        # the store serves them there (and here, on a rerun).
-        self.stores = sample_stores(cfg, "teacher")
+        # the store serves them there (and here, on a rerun). A teacher handed in may not
+        # be the model cfg names: its samples are not stored under that model's identity.
+        self.stores = sample_stores(cfg, "teacher") if teacher is None else {}
 
     def teacher_lazy(self):
         """The teacher as handed in or built on first use (a draw the store serves whole
