@@ -1,7 +1,7 @@
 """`make bench`: run the benchmarks; each writes its figures to benchmarks/results/.
 
     python -m benchmarks [adaptive] [engines] [engines448] [opd] [delta] [trl] [adaptive-real]
-                         [gpu] [teacher_cost]     (default: all but the ones marked slow)
+                         [gpu] [store] [teacher_cost]     (default: all but the ones marked slow)
 
 Figures are for comparing later runs of the same command on the same machine; every
 results file names the machine and the exact command that made it.
@@ -33,6 +33,8 @@ BENCHES = {
     "adaptive-real": ["benchmarks.bench_adaptive_real"],
     # issue 18: the prepared GPU check (skips itself without a GPU; `--dry-run` for the CPU)
     "gpu": ["benchmarks.gpu_check", "--out", "benchmarks/results/gpu_check"],
+    # issue 16: stage 4 for a second student beside the same teacher, sample store cold vs warm
+    "store": ["benchmarks.store", "--prompts", "128"],
 }
 # Run only when named: they take many minutes.
 SLOW = {"teacher_cost"}

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.audit import run_audit
-from pipeline.core.config import RunConfig, load_config
+from pipeline.core.config import RunConfig, default_cache_dir, load_config
 from pipeline.core.console import Console, captured_output, log_file
 from pipeline.core.errors import (
     ArgumentParser,
@@ -46,6 +46,7 @@ from pipeline.runner.run import (
 )
 from pipeline.runner.stage import Stage
 from pipeline.sampling.measure import summary_text
+from pipeline.sampling.store import SampleStore
 from stages import REGISTRY
 
 EPILOG = (
@@ -245,6 +246,39 @@ def cmd_push(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    """`cache stats` / `cache prune`: the sample store (run.cache_dir) shown and trimmed."""
+    root = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    if not root.is_dir():
+        raise UsageError(f"no sample store at {root} (nothing drawn yet, or give --cache-dir)")
+    store = SampleStore(root)
+    if args.action == "stats":
+        stats = store.stats()
+        if args.json:
+            print(json.dumps(stats, indent=2))
+            return 0
+        print(f"sample store {stats['root']}: {stats['samples']} samples in {stats['files']} "
+              f"files, {stats['bytes'] / 1e6:.1f} MB")
+        for model, m in stats["models"].items():
+            print(f"  model {model}: {m['samples']} samples, {m['files']} files, "
+                  f"{m['bytes'] / 1e6:.1f} MB ({', '.join(m['labels']) or 'no label'})")
+        if stats["corrupt_files"]:
+            print(f"  {len(stats['corrupt_files'])} corrupt file(s), ignored; "
+                  "`deltaprompts cache prune` removes them")
+        return 0
+    if args.older_than is not None and args.older_than < 0:
+        raise UsageError(f"--older-than {args.older_than}: give a number of days >= 0")
+    if args.max_gb is not None and args.max_gb < 0:
+        raise UsageError(f"--max-gb {args.max_gb}: give a size >= 0")
+    out = store.prune(older_than_days=args.older_than, model=args.model,
+                      max_bytes=None if args.max_gb is None else int(args.max_gb * 1e9),
+                      dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {out['files_removed']} files ({out['samples_removed']} samples, "
+          f"{out['bytes_removed'] / 1e6:.1f} MB) and {out['temp_removed']} temp leftovers")
+    return 0
+
+
 def cmd_train(args) -> int:
     module = importlib.import_module(TRAINERS[args.kind][0])
     return module.main(args.args) or 0
@@ -315,6 +349,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="branch to push to (default: main)")
     p.add_argument("--dry-run", action="store_true", help="list the files and the commit; send nothing")
     p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("cache", help="the sample store every run shares (run.cache_dir): "
+                       "`stats` shows it per model, `prune` trims it")
+    p.add_argument("action", choices=["stats", "prune"])
+    p.add_argument("--cache-dir", help="the store's folder (default: $DELTAPROMPTS_CACHE_DIR, "
+                   "else ~/.cache/deltaprompts/samples)")
+    p.add_argument("--json", action="store_true", help="stats: machine-readable output")
+    p.add_argument("--older-than", type=float, metavar="DAYS",
+                   help="prune: remove samples written more than DAYS ago")
+    p.add_argument("--model", metavar="ID", help="prune: remove one model's samples (an id "
+                   "prefix as `stats` shows it)")
+    p.add_argument("--max-gb", type=float, help="prune: then remove the oldest files until the "
+                   "store is at most this size")
+    p.add_argument("--dry-run", action="store_true", help="prune: say what would go, remove nothing")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("train", help="train the student on a built dataset (opd, sft, offpolicy); "
                        "`deltaprompts train KIND --help` lists each trainer's options")

@@ -1,11 +1,14 @@
-"""What the model-using stages share: engine placement and a lazily built engine."""
+"""What the model-using stages share: engine placement, a lazily built engine, the sample
+store seen from each model."""
 
 from __future__ import annotations
 
-from pipeline.core.config import EngineConfig
+from pipeline.core.config import EngineConfig, RunConfig, cache_dir_of
 from pipeline.core.lazy import lazy
 from pipeline.engines import Engine, build_engine
 from pipeline.runner.stage import Resources
+from pipeline.sampling.fingerprint import model_identity
+from pipeline.sampling.store import ModelSamples, SampleStore
 
 torch = lazy("torch")
 
@@ -43,3 +46,18 @@ class LazyEngine:
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+
+
+def sample_stores(cfg: RunConfig, *roles: str) -> dict[str, ModelSamples]:
+    """The sample store (run.cache_dir) seen from each named model ("teacher", "student"),
+    keyed by the role; empty when run.sample_store is off."""
+    root = cache_dir_of(cfg.run)
+    if root is None:
+        return {}
+    store = SampleStore(root)
+    out = {}
+    for role in roles:
+        ecfg: EngineConfig | None = getattr(cfg.models, role)
+        if ecfg is not None:
+            out[role] = store.model(model_identity(ecfg, store.root), label=ecfg.model)
+    return out

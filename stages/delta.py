@@ -1,5 +1,8 @@
 """Stage 4, delta: the answer divergence Δ between teacher and student, per prompt.
 
+Samples come from the sample store first (pipeline/sampling/store.py, run.cache_dir): only
+what it lacks is drawn, so a new student beside a teacher already measured draws no teacher
+samples; the manifest counts samples served (teacher_served, student_served) and drawn.
 Student samples already drawn by `mine` are reused; the student is only loaded for rows
 without them (synthesised prompts from `rewrite`). With the adaptive policy the teacher
 (and a student without samples) first draws k answers for every prompt in one batched
@@ -20,7 +23,6 @@ import pyarrow as pa
 from pipeline.core import shards
 from pipeline.core.reports import save_png, write_json
 from pipeline.core.schema import add_columns, column_or, keep_rows
-from pipeline.engines import build_engine
 from pipeline.runner.stage import ShardOutput, Stage
 from pipeline.sampling.measure import (
     DELTA_COLUMNS,
@@ -30,16 +32,18 @@ from pipeline.sampling.measure import (
     measure,
     summarize_table,
 )
-from stages.common import LazyEngine, engine_resources
+from stages.common import LazyEngine, engine_resources, sample_stores
 
 
 class _Engines:
-    """The teacher, and the student built on first use: only rows without student samples
-    (the rewrite stage's new prompts) need it, and loading a model costs minutes."""
+    """Both models built on first use: the student only for rows without student samples
+    (the rewrite stage's new prompts), the teacher only for samples the store lacks
+    (a new student beside a teacher already sampled draws none); a load costs minutes."""
 
     def __init__(self, cfg):
-        self.teacher = build_engine(cfg.models.teacher)
+        self.teacher = LazyEngine(cfg.models.teacher)
         self.student = LazyEngine(cfg.models.student)
+        self.stores = sample_stores(cfg, "teacher", "student")
 
     def close(self):
         self.teacher.close()
@@ -67,7 +71,7 @@ class DeltaStage(Stage):
     def process(self, cfg, state, task, table):
         held = held_from_table(table)
         m = measure(table, state.teacher, state.student, cfg.sampling, cfg.delta, held=held,
-                    grading=cfg.mine.grading)
+                    grading=cfg.mine.grading, stores=state.stores)
         skipped = {"engine_error": m.scored.count(False)} if not all(m.scored) else {}
         reused = sum(len(h.student) for h, ok in zip(held, m.scored) if ok)
         errors = m.errors(column_or(table, "id"))

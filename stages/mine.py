@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from pipeline.core import shards
 from pipeline.core.answers import answers_match
 from pipeline.core.reports import COLORS, figure, grouped, save_png, write_json
 from pipeline.core.schema import add_columns, keep_rows
-from pipeline.engines import build_engine
 from pipeline.runner.stage import ShardOutput, Stage
 from pipeline.sampling.draw import draw_answers
 from pipeline.sampling.prompts import choices_of, requests_from_table
 from pipeline.sampling.skill_tags import tag_skills
-from stages.common import LazyEngine, engine_resources
+from stages.common import LazyEngine, engine_resources, sample_stores
 
 
 class MineStage(Stage):
@@ -52,7 +52,7 @@ class MineStage(Stage):
             table = _tag_missing_skills(state, table)
         got = draw_answers(state.student, requests_from_table(table, cfg.sampling.instruction),
                            [cfg.sampling.n] * table.num_rows, cfg.sampling, choices_of(table),
-                           model="student", round_=0)
+                           model="student", round_=0, store=state.stores.get("student"))
         golds = table.column("answers").to_pylist()
         choices = table.column("choices").to_pylist()
         keep, samples, answers, acc, failed, skipped, skipped_rows = [], [], [], [], [], {}, []
@@ -79,7 +79,8 @@ class MineStage(Stage):
                   "student_accuracy": acc, "student_failed": failed}
         out = add_columns(keep_rows(table, keep),
                           {k: (dtype, values[k]) for k, (dtype, _) in self.columns.items()})
-        return ShardOutput(out, skipped=skipped, skipped_rows=skipped_rows)
+        stats = {"samples": {"student_drawn": got.drawn, "student_served": got.served}}
+        return ShardOutput(out, skipped=skipped, skipped_rows=skipped_rows, stats=stats)
 
     def finalize(self, cfg, stage_dir, tables):
         rows = (pa.concat_tables(tables, promote_options="default")
@@ -87,14 +88,20 @@ class MineStage(Stage):
         report = failure_report(rows)
         write_json(stage_dir / "failures.json", report)
         save_png(plot_failures(report), stage_dir / "failures.png")
-        return {"failure_rate": report["overall"]["failure_rate"], "prompts": report["overall"]["prompts"]}
+        samples: dict[str, int] = {}
+        for i in shards.complete_shards(stage_dir):  # drawn vs served by the sample store
+            for k, v in shards.read_marker(stage_dir, i).stats.get("samples", {}).items():
+                samples[k] = samples.get(k, 0) + v
+        return {"failure_rate": report["overall"]["failure_rate"],
+                "prompts": report["overall"]["prompts"], "samples": samples}
 
 
 class _Engines:
     """The student; the skill tagger (rewriter, else teacher) only once a row needs it."""
 
     def __init__(self, cfg):
-        self.student = build_engine(cfg.models.student)
+        self.student = LazyEngine(cfg.models.student)  # not loaded when the store holds all
+        self.stores = sample_stores(cfg, "student")
         self.tagger = LazyEngine(cfg.models.rewriter or cfg.models.teacher)
 
     def close(self):

@@ -12,4 +12,13 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import pytest  # noqa: E402
+
 from tests.engine_fixtures import *  # noqa: E402,F401,F403
+
+
+@pytest.fixture(autouse=True)
+def _private_sample_store(tmp_path_factory, monkeypatch):
+    """Each test gets its own empty sample store (run.cache_dir's default), so no test is
+    served samples another test drew and nothing is written under the user's ~/.cache."""
+    monkeypatch.setenv("DELTAPROMPTS_CACHE_DIR", str(tmp_path_factory.mktemp("sample-store")))

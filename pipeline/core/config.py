@@ -220,6 +220,11 @@ class RunSection:
     name: str = field(metadata={"help": "run folder name under root"})
     root: str = "runs"
     shard_size: int = bounded(64, ge=1)  # prompts per shard = per Ray task = unit of resume
+    # The sample store (pipeline/sampling/store.py), shared by runs: every completion drawn
+    # is kept and served again. None: $DELTAPROMPTS_CACHE_DIR, else
+    # $XDG_CACHE_HOME/deltaprompts/samples (~/.cache/deltaprompts/samples).
+    cache_dir: str | None = None
+    sample_store: bool = True  # false: draw everything, store nothing
 
     def __post_init__(self) -> None:
         check_ranges(self, "run")
@@ -231,6 +236,22 @@ class RunSection:
         if not self.root.strip():
             raise ConfigError("run.root is empty: set it to the folder that holds run folders "
                               "(default: runs)")
+
+
+def default_cache_dir() -> Path:
+    """Where the sample store lives when ``run.cache_dir`` is not set."""
+    env = os.environ.get("DELTAPROMPTS_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "deltaprompts" / "samples"
+
+
+def cache_dir_of(run: RunSection) -> Path | None:
+    """The sample store's folder for ``run``, or None when the store is off."""
+    if not run.sample_store:
+        return None
+    return Path(run.cache_dir).expanduser() if run.cache_dir else default_cache_dir()
 
 
 def run_name_problem(name: str) -> str | None:

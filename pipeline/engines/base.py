@@ -38,6 +38,10 @@ class Request:
     messages: list[dict]  # HF/OpenAI chat format; image parts {"type": "image"}
     images: list  # PIL.Image.Image or encoded bytes, in the order of the image parts
     id: str | None = None  # named in errors
+    # One seed per completion (len == n): completion j is drawn with seeds[j] whatever else
+    # is in the batch, so a sample is fixed by its seed (the sample store relies on it).
+    # None: per-request seeds derived from the call's seed and the position (request_seed).
+    seeds: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -112,6 +116,7 @@ class Engine(ABC):
             raise TypeError("give either a SampleParams or its fields by name, not both")
         if not requests:
             return []
+        check_seeds(requests, params)
         return self._sample(list(requests), params)
 
     def sample_many(
@@ -191,3 +196,10 @@ def request_seed(seed: int | None, index: int) -> int | None:
     if seed is None:
         return None
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def check_seeds(requests: Sequence[Request], params: SampleParams) -> None:
+    """A request's per-completion seeds, when given, are one per completion."""
+    for i, r in enumerate(requests):
+        if r.seeds is not None and len(r.seeds) != params.n:
+            raise ValueError(f"{request_name(r, i)} has {len(r.seeds)} seeds for n={params.n}")

@@ -34,6 +34,7 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import httpx
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt
@@ -205,10 +206,22 @@ class OpenAIEngine(Engine):
 
     def _one(self, request: Request, index: int, payload: dict) -> SampleResult:
         name = request_name(request, index)
+        if request.seeds is not None:
+            # Per-completion seeds (Request.seeds): one n=1 request per seed. A server may
+            # still ignore seeds; the sample store then keeps what it returned.
+            parts = [self._one(replace(request, seeds=None), index,
+                               {**payload, "n": 1, "seed": s, "exact_seed": True})
+                     for s in request.seeds]
+            bad = next((p for p in parts if p.error), None)
+            if bad is not None:
+                return bad
+            return SampleResult(completions=[c for p in parts for c in p.completions],
+                                prompt_tokens=parts[0].prompt_tokens if parts else None)
         try:
             body = {**payload, "messages": to_openai_messages(request)}
+            exact = body.pop("exact_seed", False)
             seed = payload.get("seed")
-            if seed is not None:
+            if seed is not None and not exact:
                 body["seed"] = request_seed(seed, index)
             data = self._post(body)
         except RequestError as e:

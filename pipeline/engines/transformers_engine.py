@@ -71,6 +71,7 @@ class Prepared:
     index: int  # position in the caller's list
     inputs: dict  # processor outputs for this one request (batch dim of 1)
     length: int  # prompt tokens, image tokens included
+    seeds: tuple[int, ...] | None = None  # the request's per-completion seeds
 
 
 def sample_tokens(
@@ -89,6 +90,17 @@ def sample_tokens(
         scaled = torch.full_like(scaled, -math.inf).scatter(-1, order, sorted_logits)
     probs = scaled.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def sample_rows(
+    logits: torch.Tensor, temperature: float, top_p: float, generators: list[torch.Generator]
+) -> torch.Tensor:
+    """:func:`sample_tokens` with one generator per row: a row's draw depends only on its
+    own generator, never on which other rows share the batch (per-completion seeds)."""
+    if temperature == 0 or len(generators) == 0:
+        return logits.argmax(dim=-1)
+    return torch.cat([sample_tokens(logits[r : r + 1], temperature, top_p, g)
+                      for r, g in enumerate(generators)])
 
 
 class TransformersEngine(Engine):
@@ -162,7 +174,7 @@ class TransformersEngine(Engine):
                 types = inputs["mm_token_type_ids"]
                 inputs["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(extra)], dim=1)
         length = int(inputs["input_ids"].shape[1])
-        return Prepared(index=index, inputs=inputs, length=length)
+        return Prepared(index=index, inputs=inputs, length=length, seeds=request.seeds)
 
     def collate(self, items: list[Prepared]) -> dict:
         """Left-pad the sequence inputs, concatenate the image inputs, move to device."""
@@ -293,8 +305,25 @@ class TransformersEngine(Engine):
         stop = [s for s in (p.stop or ()) if s]
         window = 2 * max((len(s) for s in stop), default=0) + 8  # tokens to re-decode
 
+        # Requests with per-completion seeds get a generator per row (see Request.seeds).
+        row_gens = None
+        if any(requests_seeds := [it.seeds for it in items]):
+            row_gens = []
+            for seeds in requests_seeds:
+                for j in range(n):
+                    if seeds is None:
+                        row_gens.append(generator)
+                    else:
+                        g = torch.Generator(device=self.device)
+                        g.manual_seed(int(seeds[j]))
+                        row_gens.append(g)
+
         while True:
-            next_tokens = sample_tokens(logits, p.temperature, p.top_p, generator)
+            if row_gens is None:
+                next_tokens = sample_tokens(logits, p.temperature, p.top_p, generator)
+            else:
+                next_tokens = sample_rows(logits, p.temperature, p.top_p,
+                                          [row_gens[r] for r in active.tolist()])
             if want_logprobs:
                 chosen = logits.log_softmax(-1).gather(-1, next_tokens[:, None])[:, 0].tolist()
             keep: list[int] = []

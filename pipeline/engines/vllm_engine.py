@@ -183,8 +183,8 @@ class VLLMEngine(Engine):
 
     def _sample_calls(self, calls: list[tuple[list[Request], SampleParams]]) -> list[list[SampleResult]]:
         results: list[list[SampleResult | None]] = [[None] * len(requests) for requests, _ in calls]
-        todo: list[tuple[tuple[int, int], dict, vllm.SamplingParams]] = []
-        names: dict[tuple[int, int], str] = {}
+        todo: list[tuple[tuple[int, int, int | None], dict, vllm.SamplingParams]] = []
+        names: dict[tuple, str] = {}
         for c, (requests, p) in enumerate(calls):
             for i, request in enumerate(requests):
                 names[c, i] = request_name(request, i)
@@ -193,24 +193,37 @@ class VLLMEngine(Engine):
                 except RequestError as e:
                     results[c][i] = SampleResult(completions=[], error=f"{names[c, i]}: {e}")
                     continue
-                params = vllm.SamplingParams(
-                    n=p.n,
-                    temperature=p.temperature,
-                    top_p=p.top_p,
-                    max_tokens=min(p.max_tokens, self.max_len - length),
-                    seed=request_seed(p.seed, i),
-                    stop=list(p.stop) if p.stop else None,
-                    logprobs=0 if p.logprobs else None,  # 0: just the sampled token's logprob
-                    ignore_eos=p.ignore_eos,
-                )
-                todo.append(((c, i), self._prompt(text, images), params))
+                prompt = self._prompt(text, images)
+                # Per-completion seeds: one n=1 request per seed (vLLM forks n>1 into child
+                # requests sharing the prompt's KV anyway; prefix caching shares it here).
+                seeds = [(None, request_seed(p.seed, i))] if request.seeds is None else \
+                    list(enumerate(request.seeds))
+                for j, seed in seeds:
+                    params = vllm.SamplingParams(
+                        n=p.n if j is None else 1,
+                        temperature=p.temperature,
+                        top_p=p.top_p,
+                        max_tokens=min(p.max_tokens, self.max_len - length),
+                        seed=seed,
+                        stop=list(p.stop) if p.stop else None,
+                        logprobs=0 if p.logprobs else None,  # 0: the sampled token's logprob
+                        ignore_eos=p.ignore_eos,
+                    )
+                    todo.append(((c, i, j), prompt, params))
 
-        for (c, i), outcome in self._generate(todo, names):
+        parts: dict[tuple[int, int], list] = {}
+        for (c, i, j), outcome in self._generate(todo, names):
             if isinstance(outcome, str):
                 results[c][i] = SampleResult(completions=[], error=outcome)
+            else:
+                parts.setdefault((c, i), []).append((j or 0, outcome))
+        for (c, i), got in parts.items():
+            if results[c][i] is not None:  # one of its seeds failed: the request fails
                 continue
+            got.sort(key=lambda x: x[0])
+            outcome = got[0][1]
             completions = []
-            for out in outcome.outputs:
+            for out in (o for _, oc in got for o in oc.outputs):
                 lps = None
                 if calls[c][1].logprobs and out.logprobs is not None:
                     lps = [step[tok].logprob for step, tok in zip(out.logprobs, out.token_ids)]
@@ -230,7 +243,7 @@ class VLLMEngine(Engine):
     def _generate(self, todo, names):
         """Run ``todo`` in one ``generate``; if vLLM rejects the batch, one at a time.
 
-        Yields ``(key, RequestOutput | error message)``; ``names[key]`` names a request.
+        Yields ``(key, RequestOutput | error message)``; ``names[key[:2]]`` names a request.
         """
         if not todo:
             return
@@ -247,7 +260,7 @@ class VLLMEngine(Engine):
             try:
                 (out,) = self.llm.generate([prompt], [params], use_tqdm=False)
             except (ValueError, RuntimeError, TypeError) as e:
-                yield key, f"{names[key]}: vLLM rejected it: {e}"
+                yield key, f"{names[key[:2]]}: vLLM rejected it: {e}"
             else:
                 yield key, out
 

@@ -18,7 +18,7 @@ by definition, not a measurement. The filter drops them as zero-delta.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ from pipeline.engines.base import Engine
 from pipeline.sampling.draw import AdaptiveDraw, PromptSamples, sample_adaptive
 from pipeline.sampling.policy import STUDENT_SOLVED, AdaptivePolicy, student_solved
 from pipeline.sampling.prompts import choices_of, requests_from_table
+from pipeline.sampling.store import ModelSamples
 
 # The columns Δ adds to a prompt table: name -> (type, what it holds). Stage 4 declares
 # them as its output columns and the dataset card documents them from here.
@@ -80,7 +81,8 @@ class Measurement:
 
     samples: list[PromptSamples]
     reports: list[dict[str, Any] | None]  # delta_report; None: not scored (see samples[i].error)
-    drawn: dict[str, int]  # samples drawn by this measurement, per model
+    drawn: dict[str, int]  # samples the engines drew for this measurement, per model
+    served: dict[str, int] = field(default_factory=lambda: {"teacher": 0, "student": 0})  # from the store
 
     @property
     def scored(self) -> list[bool]:
@@ -92,6 +94,8 @@ class Measurement:
             "teacher_drawn": self.drawn["teacher"],
             "student_drawn": self.drawn["student"] + student_drawn_before,
             "student_reused": student_reused,
+            "teacher_served": self.served["teacher"],  # from the sample store
+            "student_served": self.served["student"],
             "teacher_truncated": sum(p.teacher_truncated for p in self.samples),
             "student_truncated": sum(p.student_truncated for p in self.samples),
         }
@@ -117,6 +121,7 @@ def measure(
     delta: DeltaConfig,
     held: Sequence[PromptSamples] | None = None,
     grading: MatchMode = "relaxed",
+    stores: dict[str, ModelSamples] | None = None,
 ) -> Measurement:
     """Sample what each prompt lacks (adaptive policy) and compute Δ with its report.
 
@@ -136,7 +141,7 @@ def measure(
     ask = [i for i in range(n) if not solved[i]]
     got: AdaptiveDraw = sample_adaptive(
         teacher, student, [requests[i] for i in ask], [choices[i] for i in ask], sampling, policy,
-        held=None if held is None else [held[i] for i in ask],
+        held=None if held is None else [held[i] for i in ask], stores=stores,
     )
     prompts: list[PromptSamples] = [PromptSamples() for _ in range(n)]
     for i, p in zip(ask, got.prompts):
@@ -155,7 +160,7 @@ def measure(
             reports[i] = r
         elif p.error is None:
             p.error = "no samples"
-    return Measurement(prompts, reports, got.drawn)
+    return Measurement(prompts, reports, got.drawn, got.served)
 
 
 def solved_report(student_answers: Sequence[Answer], choices: Sequence[str] | None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from pipeline.core.config import EngineConfig, RewriteConfig, RunConfig
 from pipeline.engines import Engine
-from stages.common import LazyEngine
+from stages.common import LazyEngine, sample_stores
 
 # The lineage columns stage 3 adds: name -> (type, doc).
 LINEAGE_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
@@ -41,6 +41,15 @@ class RewriteEngines:
         same = rcfg is None or rcfg == cfg.models.teacher
         self._rewriter = rewriter or (self._teacher if same else LazyEngine(rcfg))
         self.rewriter_name = (rcfg or cfg.models.teacher).model
+        # Pseudo-labels are the teacher's samples 0..n-1: the same ones delta draws first, so
+        # the store serves them there (and here, on a rerun). A teacher handed in may not
+        # be the model cfg names: its samples are not stored under that model's identity.
+        self.stores = sample_stores(cfg, "teacher") if teacher is None else {}
+
+    def teacher_lazy(self):
+        """The teacher as handed in or built on first use (a draw the store serves whole
+        never loads it)."""
+        return self._teacher
 
     def teacher(self) -> Engine:
         return self._teacher.get() if isinstance(self._teacher, LazyEngine) else self._teacher

@@ -101,10 +101,11 @@ class ShardRewrite:
         rc, sampling = self.rc, self.cfg.sampling
         n = rc.label_samples or sampling.n
         sub = rows_to_table([c.row for c in cands])
-        got = draw_answers(self.engines.teacher(), requests_from_table(sub, sampling.instruction),
+        got = draw_answers(self.engines.teacher_lazy(), requests_from_table(sub, sampling.instruction),
                            [n] * len(cands), sampling, choices_of(sub), model="teacher",
-                           round_=100 + pass_no)
+                           round_=100 + pass_no, store=self.engines.stores.get("teacher"))
         self.stats["teacher_label_samples"] += n * len(cands)
+        self.stats["teacher_label_drawn"] += got.drawn  # the rest served by the sample store
         kept = []
         for c, answers, error in zip(cands, got.answers, got.errors):
             if error:

@@ -13,6 +13,7 @@ import io
 import json
 import threading
 import time
+from dataclasses import replace
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -39,6 +40,7 @@ class ScriptedServer:
     def __init__(self, script: list[tuple[int, dict, float]]):
         self.script = list(script)
         self.arrivals: list[float] = []
+        self.bodies: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
         lock = threading.Lock()
@@ -52,6 +54,7 @@ class ScriptedServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with lock:
                     outer.arrivals.append(time.monotonic())
+                    outer.bodies.append(body)
                     status, headers, delay = outer.script.pop(0) if outer.script else (200, {}, 0.0)
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
@@ -174,6 +177,16 @@ def test_concurrency_is_bounded(scripted):
     results = eng.sample(make_requests(6), n=1, max_tokens=4)
     assert all(r.error is None for r in results)
     assert server.max_in_flight <= 2
+
+
+def test_per_completion_seeds_go_one_request_each(scripted):
+    server = scripted([])
+    engine = _engine(server.base_url)
+    (req,) = make_requests(1)
+    (res,) = engine.sample([replace(req, seeds=(7, 8, 9))], n=3, seed=1, max_tokens=4)
+    assert len(res.completions) == 3 and res.error is None
+    assert sorted((b["n"], b["seed"]) for b in server.bodies) == [(1, 7), (1, 8), (1, 9)]
+    assert all("exact_seed" not in b for b in server.bodies)
 
 
 def test_parse_retry_after():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -193,3 +195,16 @@ def test_vllm_config_falls_back_to_transformers_without_vllm(tiny_models, monkey
     teacher, _ = tiny_models
     with engines.build_engine(engines.EngineConfig(engine="vllm", model=str(teacher))) as eng:
         assert isinstance(eng, TransformersEngine)
+
+
+def test_per_completion_seeds_do_not_depend_on_the_batch(engine):
+    """Request.seeds: completion j is fixed by seeds[j], whatever else shares the batch (the
+    sample store serves samples 0..3 and has 4..7 drawn later, alone or with others)."""
+    reqs = make_requests(3, as_bytes=True)
+    kw = {"temperature": 1.0, "max_tokens": 6}
+    whole = engine.sample([replace(r, seeds=(1, 2, 3, 4)) for r in reqs], n=4, seed=0, **kw)
+    tail = engine.sample([replace(reqs[1], seeds=(3, 4))], n=2, seed=99, **kw)
+    assert _ids(tail)[0] == _ids(whole)[1][2:]
+    assert len({tuple(c) for c in _ids(whole)[0]}) > 1  # four seeds, not one sample
+    with pytest.raises(ValueError, match="seeds for n=4"):
+        engine.sample([replace(reqs[0], seeds=(1, 2))], n=4, **kw)

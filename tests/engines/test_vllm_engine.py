@@ -5,6 +5,8 @@ One vLLM engine for the whole module: each start costs 20-35 s on the CPU.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -165,3 +167,14 @@ def test_sample_many_runs_separate_calls_in_one_generate(vllm_engine, monkeypatc
     assert [len(r.completions) for r in together[1]] == [3, 0] and "'bad'" in together[1][1].error
     assert all(c.logprobs is not None and len(c.logprobs) == len(c.token_ids) for c in together[1][0].completions)
     assert all(c.logprobs is None for r in together[0] for c in r.completions)
+
+
+def test_per_completion_seeds_do_not_depend_on_the_batch(vllm_engine):
+    """Request.seeds: completion j is fixed by seeds[j], whatever else shares the call (the
+    sample store serves samples 0..3 and has 4..7 drawn later, alone or with others)."""
+    reqs = make_requests(3)
+    kw = {"temperature": 1.0, "max_tokens": 6}
+    whole = vllm_engine.sample([replace(r, seeds=(1, 2, 3, 4)) for r in reqs], n=4, seed=0, **kw)
+    tail = vllm_engine.sample([replace(reqs[1], seeds=(3, 4))], n=2, seed=99, **kw)
+    assert _token_ids(tail)[0] == _token_ids(whole)[1][2:]
+    assert len({tuple(c) for c in _token_ids(whole)[0]}) > 1  # four seeds, not one sample

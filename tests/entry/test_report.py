@@ -64,11 +64,11 @@ def run(tmp_path_factory):
 
     class ScriptedMine(MineStage):  # the real stage, FAKE models
         def setup(self, cfg):
-            return SimpleNamespace(student=_engines(golds)[0], close=lambda: None)
+            return SimpleNamespace(student=_engines(golds)[0], stores={}, close=lambda: None)
 
     class ScriptedDelta(DeltaStage):
         def setup(self, cfg):
-            return SimpleNamespace(teacher=_engines(golds)[1], student=None, close=lambda: None)
+            return SimpleNamespace(teacher=_engines(golds)[1], student=None, stores={}, close=lambda: None)
 
     registry = StageRegistry([IngestStage, ScriptedMine, RewriteStage, ScriptedDelta, FilterStage])
     run_stages(cfg, [1], registry, progress=False)

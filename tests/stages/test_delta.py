@@ -50,7 +50,7 @@ class _Mine(MineStage):
         self.student = student
 
     def setup(self, cfg):
-        return SimpleNamespace(student=self.student, tagger=None, close=lambda: None)
+        return SimpleNamespace(student=self.student, tagger=None, stores={}, close=lambda: None)
 
 
 class _Delta(DeltaStage):
@@ -58,7 +58,7 @@ class _Delta(DeltaStage):
         self.teacher, self.student = teacher, student
 
     def setup(self, cfg):
-        return SimpleNamespace(teacher=self.teacher, student=self.student, close=lambda: None)
+        return SimpleNamespace(teacher=self.teacher, student=self.student, stores={}, close=lambda: None)
 
 
 @pytest.fixture
