@@ -47,7 +47,8 @@ STUDENT_COLUMNS = ("student_samples", "student_answers", "student_accuracy", "st
 # Every benchmark run: the config's models and sampling, rewrite off (stage 4 reads mine),
 # and only the adaptive policy deciding how many samples a prompt gets: a teacher skip on
 # prompts the student already solves (delta.skip_solved, where the config has it) is off.
-BASE_OVERRIDES = ["rewrite.enabled=false"] + (
+# The sample store off: these benchmarks time and count draws, which a warm store would serve.
+BASE_OVERRIDES = ["rewrite.enabled=false", "run.sample_store=false"] + (
     ["delta.skip_solved=null"] if "skip_solved" in {f.name for f in fields(DeltaConfig)} else [])
 
 

@@ -70,7 +70,8 @@ def sh(argv: list[str], log: Path) -> float:
 
 def cli_run(config: str, stages: str, run: str, overrides: dict[str, str], log: Path) -> float:
     argv = [sys.executable, "-m", "pipeline.cli", "run", "--config", config, "--stages", stages,
-            f"run.name={run}", *(f"{k}={v}" for k, v in overrides.items())]
+            f"run.name={run}", *(f"{k}={v}" for k, v in overrides.items()),
+            "run.sample_store=false"]  # count the draws each policy makes, none served
     return sh(argv, log)
 
 
