@@ -133,6 +133,7 @@ def run_path(path: str, source: Path, root: Path, seeds: int) -> dict[str, Any]:
         raise RuntimeError(f"{path}: stages 3-4 failed ({rc}); see {log}")
     figures = collect(run_dir)
     figures.update(path=path, command=" ".join(["python", *cmd[1:]]),
+                   omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
                    wall_s=round(time.perf_counter() - t0, 1), machine=machine())
     return figures
 
@@ -246,7 +247,8 @@ def report(out: Path, seeds: int) -> str:
     for label, fn in rows:
         lines.append(f"| {label} | " + " | ".join(fn(f) for f in got.values()) + " |")
     for p, f in got.items():
-        lines += ["", f"## {names[p]}", "", f"Command: `{f['command']}`", "",
+        lines += ["", f"## {names[p]}", "",
+                  f"Command: `{f['command']}` (OMP_NUM_THREADS={f.get('omp_num_threads')})", "",
                   f"Machine: {f['machine']}", "", f"### {len(f['accepted_samples'])} accepted", ""]
         for s in f["accepted_samples"]:
             lines.append(f"- [{s['origin']}/{s['template']}, skill {s['skill']!r}, answer "

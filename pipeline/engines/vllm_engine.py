@@ -85,7 +85,10 @@ def structured_kwargs(schema: dict | None) -> dict[str, Any]:
     if schema is None:
         return {}
     if hasattr(vllm_sampling, "StructuredOutputsParams"):
-        return {"structured_outputs": vllm_sampling.StructuredOutputsParams(json=schema)}
+        # Compact JSON: a grammar that allows any whitespace lets a small model spend its
+        # max_tokens on blank lines inside the object and be cut before the closing brace.
+        return {"structured_outputs": vllm_sampling.StructuredOutputsParams(
+            json=schema, disable_any_whitespace=True)}
     return {"guided_decoding": vllm_sampling.GuidedDecodingParams(json=schema)}
 
 
