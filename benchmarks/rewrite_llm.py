@@ -212,7 +212,8 @@ def report(out: Path, seeds: int) -> str:
     lines = [
         "# The LLM rewriter with a real model: SmolLM2-135M-Instruct, per engine path",
         "",
-        f"`python -m benchmarks.rewrite_llm --seeds {seeds}` (issue 17). Config "
+        f"`python -m benchmarks.rewrite_llm --seeds {seeds}` (issue 17; made here one path per "
+        f"command, `--paths P --seeds {seeds}`, OMP_NUM_THREADS as noted per path). Config "
         "`configs/rewrite-llm.yaml` with " + ", ".join(f"`{o}`" for o in COMMON) + "; per path: "
         + "; ".join(f"{p}: " + (", ".join(f"`{o}`" for o in PATH_OVERRIDES[p]) or "as configured")
                     for p in PATHS) + ".",
