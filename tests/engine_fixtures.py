@@ -26,6 +26,7 @@ __all__ = [
     "image_bytes",
     "make_image",
     "make_requests",
+    "rewriter_model",
     "serve_command",
     "tiny_models",
     "vllm_server",
@@ -89,6 +90,22 @@ def tiny_models(tmp_path_factory) -> tuple[Path, Path]:
     return make_teacher_student(tmp_path_factory.mktemp("tiny_models"))
 
 
+REWRITER_DIR = Path(__file__).resolve().parents[1] / "models" / "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def rewriter_model() -> Path:
+    """SmolLM2-135M-Instruct as an HF checkpoint (``make rewriter-model``), built once.
+
+    Built where ``make rewriter-model`` puts it (git-ignored), so a session after the
+    first only re-checks the hashes in BUILD.json (about a second) instead of converting.
+    """
+    from tools.rewriter_model import build
+
+    build(REWRITER_DIR, force=False, allow_install=True, check=True)
+    return REWRITER_DIR
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -121,6 +138,7 @@ class VLLMServer:
         *,
         max_model_len: int = 160,
         startup_timeout_s: float = 300.0,
+        images: bool = True,
     ):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
@@ -139,9 +157,9 @@ class VLLMServer:
             "--enforce-eager",
             "--seed",
             "0",
-            "--limit-mm-per-prompt",
-            '{"image": 1}',
         ]
+        if images:  # a text-only model (the rewriter) takes no multimodal limit
+            cmd += ["--limit-mm-per-prompt", '{"image": 1}']
         self._log = open(log_path, "wb")  # noqa: SIM115 - open for the server's lifetime
         # own process group, so the engine core and workers go down with the server
         self.proc = subprocess.Popen(

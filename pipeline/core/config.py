@@ -53,6 +53,10 @@ Metric = Literal["jsd", "tv", "hellinger"]
 # ------------------------------------------------------------------------------ engines
 
 EngineName = Literal["vllm", "transformers", "openai"]
+# How the openai engine asks a server for JSON when a call carries a schema:
+# json_schema = response_format {"type": "json_schema"} (the server enforces the schema),
+# json_object = {"type": "json_object"} (any JSON object), none = no response_format.
+ResponseFormat = Literal["json_schema", "json_object", "none"]
 
 
 @dataclass
@@ -82,6 +86,13 @@ class EngineConfig:
     retry_backoff_s: float = bounded(1.0, ge=0)  # openai: first backoff (jittered, doubles per retry)
     retry_backoff_max_s: float = bounded(30.0, ge=0)  # openai: backoff (and Retry-After) cap
     extra_body: dict[str, Any] = field(default_factory=dict)  # openai: merged into payload
+    # openai: what a call with a JSON schema sends (ResponseFormat above); when the server
+    # refuses it (an HTTP 4xx), the request is sent again with each fallback in turn, and
+    # the first one that works is used for the rest of the run (a warning says so).
+    response_format: ResponseFormat = "json_schema"
+    response_format_fallback: list[ResponseFormat] = field(
+        default_factory=lambda: ["json_object", "none"]
+    )
 
     def __post_init__(self) -> None:
         check_ranges(self, "models.*")
@@ -331,7 +342,12 @@ class RewriteConfig:
     max_attempts: int = bounded(3, ge=1)
     temperature: float = bounded(0.7, ge=0)
     max_tokens: int = bounded(384, ge=1)
-    send_image: bool = True  # False for a text-only rewriter (e.g. a large text LLM)
+    # False for a text-only rewriter (e.g. SmolLM2, a large text LLM): it then reads a text
+    # view of each image instead (seeds/text_view.py; seeds without one are skipped).
+    send_image: bool = True
+    # Constrain the rewriter's replies to the JSON schema where its engine can (vLLM,
+    # OpenAI-compatible servers; transformers cannot, and relies on the retries).
+    structured: bool = True
     # Pseudo-labels: the teacher answers each new prompt label_samples times (default
     # sampling.n, with the sampling.* settings); a prompt is kept when the majority's
     # share reaches min_agreement (the paper's avg@16 >= 0.5) and matches the rewriter's

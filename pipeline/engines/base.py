@@ -18,13 +18,20 @@ Conventions shared by all backends (tests hold each backend to them):
   text just before it (``finish_reason="stop"``).
 * Generation is capped by the context: ``max_tokens`` is lowered to what fits after the
   prompt (then ``finish_reason="length"``); only a prompt that leaves no room is an error.
+* ``SampleParams.json_schema`` asks for replies that match a JSON schema. Where the
+  backend can constrain decoding it does (vLLM: structured outputs; OpenAI-compatible
+  servers: ``response_format``); transformers samples unconstrained. Callers validate the
+  reply either way: the constraint raises the valid share, it does not replace the check.
+* A text-only model (no image processor) gets each message's text parts joined into one
+  string, the form plain LLM chat templates expect; a request with an image fails alone.
+  ``Engine.takes_images`` says which kind is loaded (None: unknown, e.g. a remote server).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -66,7 +73,9 @@ class SampleParams:
     ``temperature=0`` is greedy. ``seed`` seeds the call: each request derives its own
     seed from it and its position (:func:`request_seed`). ``logprobs`` asks for the
     sampled tokens' log-probabilities at T=1; ``ignore_eos`` keeps decoding to
-    ``max_tokens`` (benchmarks; not every server supports it).
+    ``max_tokens`` (benchmarks; not every server supports it). ``json_schema``: replies
+    should be one JSON value matching it (see the module docstring for which backends
+    enforce it).
     """
 
     n: int = 1
@@ -77,6 +86,7 @@ class SampleParams:
     stop: tuple[str, ...] | None = None
     logprobs: bool = False
     ignore_eos: bool = False
+    json_schema: dict[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -97,6 +107,10 @@ class RequestError(ValueError):
 
 class Engine(ABC):
     """Sampling and teacher-forced scoring over one model."""
+
+    # Whether the loaded model takes images: True (a VLM), False (a text-only LLM), None
+    # (not known here, e.g. a model behind an OpenAI-compatible server).
+    takes_images: bool | None = None
 
     def sample(
         self,
@@ -180,6 +194,24 @@ def prepare_images(request: Request) -> list:
             f"{expected} image part(s) in the messages but {len(request.images)} image(s) given"
         )
     return [decode_image(im) for im in request.images]
+
+
+def text_messages(request: Request) -> list[dict]:
+    """The request's messages for a text-only model: text parts joined into one string.
+
+    Plain LLM chat templates (SmolLM2's, Llama's) concatenate ``message['content']`` as a
+    string and fail on a list of parts. A request with an image part is refused, since a
+    text-only model would answer it without seeing the image.
+    """
+    if request.images or count_image_parts(request.messages):
+        raise RequestError("the model is text-only: it cannot take an image")
+    out = []
+    for message in request.messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "\n".join(p.get("text", "") for p in content if p.get("type") == "text")
+        out.append({**message, "content": content})
+    return out
 
 
 def truncate_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:

@@ -10,6 +10,13 @@ retry storm). Other 4xx answers (a context overflow, a bad image) are the reques
 and are not retried. Whatever happens, a request ends with completions or with an error
 that names it; nothing hangs, because every wait is bounded.
 
+Structured outputs: a call whose ``json_schema`` is set sends ``response_format``
+(``cfg.response_format``: ``json_schema``, the schema itself, strict; or ``json_object``;
+or ``none``). Servers that do not know the format answer 400; the request is then sent
+again with each of ``cfg.response_format_fallback`` in turn, and the first that the
+server accepts becomes the engine's format for every later call (logged once), so a run
+against such a server pays the refusal once, not per request.
+
 What chat APIs do not give:
 
 * ``score()``: a chat-completions endpoint cannot teacher-force a given completion, so it
@@ -35,6 +42,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from typing import Any
 
 import httpx
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt
@@ -63,6 +71,25 @@ class RetryableError(Exception):
     def __init__(self, message: str, retry_after: float | None = None):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ClientError(RequestError):
+    """An HTTP 4xx answer (not retried as is): the request, or one of its settings, is
+    refused; ``status`` is the HTTP status."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+def response_format(mode: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """The payload keys that ask for JSON in ``mode`` (config.ResponseFormat)."""
+    if mode == "json_schema":
+        spec = {"name": "response", "schema": schema, "strict": True}
+        return {"response_format": {"type": "json_schema", "json_schema": spec}}
+    if mode == "json_object":
+        return {"response_format": {"type": "json_object"}}
+    return {}
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -159,6 +186,8 @@ class OpenAIEngine(Engine):
             limits=httpx.Limits(max_connections=max(1, cfg.concurrency)),
         )
         self.throttle = Throttle()
+        self.format_mode = cfg.response_format  # may step down the fallbacks (see module doc)
+        self._format_lock = threading.Lock()
 
     def _wait(self, retry_state) -> float:
         """Backoff before the next attempt: the server's Retry-After when it gave one,
@@ -185,7 +214,9 @@ class OpenAIEngine(Engine):
                 self.throttle.pause(hint if hint is not None else self.cfg.retry_backoff_s)
             raise RetryableError(f"HTTP {response.status_code}: {response.text[:300]}", hint)
         if response.status_code >= 400:
-            raise RequestError(f"HTTP {response.status_code}: {response.text[:500]}")
+            raise ClientError(
+                f"HTTP {response.status_code}: {response.text[:500]}", response.status_code
+            )
         try:
             return response.json()
         except ValueError as e:
@@ -204,7 +235,46 @@ class OpenAIEngine(Engine):
             last = e.last_attempt.exception()
             raise RequestError(f"failed after {attempts} attempt(s), last error: {last}") from last
 
-    def _one(self, request: Request, index: int, payload: dict) -> SampleResult:
+    def _formats(self, schema: dict | None) -> list[str | None]:
+        """The response formats to try for one request, in order (``[None]``: no schema)."""
+        if schema is None:
+            return [None]
+        chain = [self.cfg.response_format, *self.cfg.response_format_fallback]
+        with self._format_lock:
+            start = chain.index(self.format_mode) if self.format_mode in chain else 0
+        return list(dict.fromkeys(chain[start:]))
+
+    def _adopt(self, mode: str, refused: str, error: str) -> None:
+        """Use ``mode`` from now on: the server refused ``refused`` and accepted ``mode``."""
+        with self._format_lock:
+            chain = [self.cfg.response_format, *self.cfg.response_format_fallback]
+            if chain.index(mode) > chain.index(self.format_mode):
+                log.warning(
+                    "the server refused response_format %s (%s); using %s from now on "
+                    "(models.*.response_format_fallback)", refused, error[:200], mode,
+                )
+                self.format_mode = mode
+
+    def _post_formats(self, body: dict, schema: dict | None) -> dict:
+        """POST ``body`` with the first response format the server accepts."""
+        formats = self._formats(schema)
+        for k, mode in enumerate(formats):
+            extra = response_format(mode, schema) if mode is not None else {}
+            try:
+                data = self._post({**body, **extra})
+            except ClientError as e:
+                if k + 1 < len(formats):
+                    last_error = str(e)
+                    continue
+                raise
+            if k > 0:
+                self._adopt(mode, formats[0], last_error)
+            return data
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    def _one(
+        self, request: Request, index: int, payload: dict, schema: dict | None = None
+    ) -> SampleResult:
         name = request_name(request, index)
         if request.seeds is not None:
             # Per-completion seeds (Request.seeds): one n=1 request per seed. A server may
@@ -223,7 +293,7 @@ class OpenAIEngine(Engine):
             seed = payload.get("seed")
             if seed is not None and not exact:
                 body["seed"] = request_seed(seed, index)
-            data = self._post(body)
+            data = self._post_formats(body, schema)
         except RequestError as e:
             return SampleResult(completions=[], error=f"{name}: {e}")
         completions = []
@@ -273,7 +343,9 @@ class OpenAIEngine(Engine):
             payload["ignore_eos"] = True  # a vLLM extension; other servers may refuse it
         workers = max(1, min(self.cfg.concurrency, len(requests)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-engine") as pool:
-            futures = [pool.submit(self._one, r, i, payload) for i, r in enumerate(requests)]
+            futures = [
+                pool.submit(self._one, r, i, payload, p.json_schema) for i, r in enumerate(requests)
+            ]
             return [f.result() for f in futures]
 
     def score(self, requests: list[Request], completions: list[list[int]]) -> list[list[float]]:

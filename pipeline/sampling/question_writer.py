@@ -16,13 +16,19 @@ sees one call per round, not one per job. The conversation of a retry holds the 
 prompt, the model's *last* reply and the feedback (not the whole history), which keeps the
 context bounded whatever ``max_attempts`` is. After ``max_attempts`` the job is rejected
 with the reason of its last failure and nothing of it is written.
+
+``structured=True`` (the default) also hands RESPONSE_SCHEMA to the engine as a
+structured-output constraint: vLLM and OpenAI-compatible servers then decode only JSON of
+that schema, and transformers ignores it (engines/base.py). The reply is parsed and
+validated the same way in every case, so a constraint the backend lacks or a reply cut
+by ``max_tokens`` still ends in a counted retry, never in a bad row.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +187,8 @@ class RewriteResult:
     rejected: str | None = None  # REJECT_* reason when proposal is None
     error: str | None = None  # the last failure's message
     last_reply: str | None = None  # raw text of the last reply (diagnostics; never written)
+    failures: list[str] = field(default_factory=list)  # REJECT_* reason of each failed attempt
+    completion_tokens: int = 0  # tokens the rewriter wrote for this job, all attempts
 
 
 class _StillInvalid(Exception):
@@ -210,9 +218,12 @@ def rewrite(
     top_p: float = 1.0,
     max_tokens: int = 384,
     seed: int = 0,
+    structured: bool = True,
     env: jinja2.Environment | None = None,
 ) -> list[RewriteResult]:
     """Run every job through ``engine`` with up to ``max_attempts`` batched rounds.
+
+    ``structured``: ask the engine to constrain replies to RESPONSE_SCHEMA (module doc).
 
     An engine error for a request (corrupt image, prompt over the context) rejects that
     job at once: resending the same request would fail the same way.
@@ -234,6 +245,7 @@ def rewrite(
             top_p=top_p,
             max_tokens=max_tokens,
             seed=seed + 7919 * round_no,
+            json_schema=RESPONSE_SCHEMA if structured else None,
         )
         still = []
         for i, out in zip(pending, outs):
@@ -241,13 +253,16 @@ def rewrite(
             r.attempts += 1
             if out.error or not out.completions:
                 r.rejected, r.error = REJECT_ENGINE_ERROR, out.error or "no completion"
+                r.failures.append(REJECT_ENGINE_ERROR)
                 continue
             r.last_reply = out.completions[0].text
+            r.completion_tokens += len(out.completions[0].token_ids)
             try:
                 r.proposal = parse_response(r.last_reply)
                 r.rejected = r.error = None
             except ResponseError as e:
                 r.rejected, r.error = e.reason, str(e)
+                r.failures.append(e.reason)
                 still.append(i)
         pending = still
         if pending:

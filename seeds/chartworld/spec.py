@@ -139,6 +139,13 @@ class Chart:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
+    def as_table(self) -> str:
+        """The data as a small text table (what a text-only rewriter is shown instead of
+        the image): kind and title, then one ``label | value`` line per item, in order."""
+        lines = [f"A {self.kind} chart titled {self.title!r}.", "label | value"]
+        lines += [f"{label} | {value}" for label, value in zip(self.labels, self.values)]
+        return "\n".join(lines)
+
     @classmethod
     def from_json(cls, text: str) -> Chart:
         return cls(**json.loads(text))

@@ -71,10 +71,13 @@ class PassContext(Protocol):
     rows: list[dict[str, Any]]  # the shard's seed rows
     rng: random.Random  # seeded per shard: selection, templates, charts
     skipped: Counter  # reason -> count
+    skipped_rows: list[dict[str, Any]]  # {"id", "reason", "detail"}: what was rejected, why
     stats: Counter
     engine_seed: int
 
     def image_for(self, row: dict) -> bytes | None: ...
+
+    def view_for(self, row: dict) -> Any: ...
 
     def image_hash(self, row: dict) -> bytes: ...
 

@@ -4,10 +4,16 @@
    (= failure mode / strategy, prompts_templates/rewrite/seed_guided/) per variant;
 2. *skill-guided*: the skills named by pass 1's ACCEPTED rewrites, asked on OTHER seed
    images of the shard (prompts_templates/rewrite/skill_guided/).
+
+The rewriter sees each image (``rewrite.send_image``), or, when it is a text-only LLM,
+a text view of it (seeds/text_view.py; the template says which). A seed without a text
+view is not sent to a text-only rewriter (skip ``rewriter_no_text_view``).
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections import defaultdict
 
 from pipeline.core.errors import ConfigError
@@ -38,17 +44,51 @@ def templates(kind: str, wanted: list[str]) -> list[str]:
     return names
 
 
+REPLY_CHARS = 600  # of a rejected reply kept in skipped.jsonl (enough to see what went wrong)
+
+
+def check_rewriter(ctx: PassContext) -> None:
+    """Refuse to send images to a rewriter known to be text-only (before any call)."""
+    if ctx.rc.send_image and ctx.engines.rewriter().takes_images is False:
+        raise ConfigError(
+            f"rewrite.send_image is true but the rewriter {ctx.engines.rewriter_name} is a "
+            "text-only model; set rewrite.send_image: false (it then reads a text view of "
+            "each image, seeds/text_view.py)"
+        )
+
+
+def _context(ctx: PassContext, row: dict, fields: dict) -> dict | None:
+    """The template context for a job on ``row``'s image, or None (counted) when a
+    text-only rewriter has no text view of that image."""
+    view = ctx.view_for(row)
+    if view is None and not ctx.rc.send_image:
+        ctx.skipped["rewriter_no_text_view"] += 1
+        return None
+    return {**fields, "image_view": view}
+
+
 def _run_rewriter(ctx: PassContext, jobs: list[RewriteJob], pass_no: int) -> list[RewriteResult]:
+    """One pass's jobs through the rewriter; counts what happened (the shard's stats)."""
     if not jobs:
         return []
     rc = ctx.rc
+    started = time.monotonic()
     results = rewrite(ctx.engines.rewriter(), jobs, max_attempts=rc.max_attempts,
                       temperature=rc.temperature, max_tokens=rc.max_tokens,
-                      seed=ctx.engine_seed + pass_no)
+                      seed=ctx.engine_seed + pass_no, structured=rc.structured)
+    ctx.stats["rewriter_ms"] += round(1000 * (time.monotonic() - started))
     for r in results:
+        ctx.stats["rewriter_jobs"] += 1
         ctx.stats["rewriter_calls"] += r.attempts
+        ctx.stats["rewriter_completion_tokens"] += r.completion_tokens
+        ctx.stats["rewriter_valid_first_try"] += int(not r.failures)
+        ctx.stats["rewriter_valid"] += int(r.proposal is not None)
+        for reason in r.failures:  # every failed attempt, retried or final
+            ctx.stats[f"attempt_failed_{reason}"] += 1
         if r.proposal is None:
             ctx.skipped[r.rejected] += 1
+            ctx.skipped_rows.append({"id": r.key, "reason": r.rejected, "detail": json.dumps(
+                {"error": r.error, "reply": (r.last_reply or "")[:REPLY_CHARS]})})
     return results
 
 
@@ -56,6 +96,8 @@ def seed_guided(ctx: PassContext, selected: list[int]) -> list[Candidate]:
     """Pass 1: ``variants_per_seed`` rewrites of each selected seed, on its own image."""
     rc = ctx.rc
     names = templates("seed_guided", rc.seed_templates)
+    if selected:
+        check_rewriter(ctx)
     jobs, meta = [], {}
     for i in selected:
         seed = ctx.rows[i]
@@ -63,13 +105,15 @@ def seed_guided(ctx: PassContext, selected: list[int]) -> list[Candidate]:
         ctx.rng.shuffle(order)
         for v in range(rc.variants_per_seed):
             tpl = order[v % len(order)]
-            context = {
+            context = _context(ctx, seed, {
                 "question": seed["question"],
                 "gold_answers": seed["answers"] or [],
                 "wrong_answers": wrong_answers(seed, ctx.cfg.mine.grading),
                 "skill": seed["skill"],
                 "student_accuracy": seed["student_accuracy"],
-            }
+            })
+            if context is None:
+                break  # no view of this image: none of its variants can be asked
             key = f"{seed['id']}:{v}"
             jobs.append(RewriteJob(key, render_template("seed_guided", tpl, context), ctx.image_for(seed)))
             meta[key] = (seed, tpl)
@@ -110,7 +154,10 @@ def skill_guided(ctx: PassContext, pass1: list[Candidate], selected: list[int]) 
         examples = [c.row["question"] for c in by_skill[skill][:EXAMPLES_PER_SKILL]]
         for target in images:
             tpl = names[len(jobs) % len(names)]
-            context = {"skill": skill, "examples": examples, "existing_question": target["question"]}
+            context = _context(ctx, target, {"skill": skill, "examples": examples,
+                                             "existing_question": target["question"]})
+            if context is None:
+                continue
             key = f"{skill}:{target['id']}"
             jobs.append(RewriteJob(key, render_template("skill_guided", tpl, context),
                                    ctx.image_for(target)))

@@ -22,6 +22,7 @@ from pipeline.core.schema import add_columns, question_key, rows_to_table
 from pipeline.runner.stage import ShardOutput, ShardTask
 from pipeline.sampling.draw import draw_answers
 from pipeline.sampling.prompts import choices_of, requests_from_table
+from seeds.text_view import TextView, text_view
 from stages.rewrite import llm_passes, programmatic
 from stages.rewrite.common import LINEAGE_COLUMNS, Candidate, RewriteEngines
 from stages.rewrite.select import pseudo_label, select_seeds
@@ -36,6 +37,7 @@ class ShardRewrite:
     task: ShardTask
     table: pa.Table
     skipped: Counter = field(default_factory=Counter)
+    skipped_rows: list = field(default_factory=list)
     stats: Counter = field(default_factory=Counter)
 
     def __post_init__(self):
@@ -72,13 +74,19 @@ class ShardRewrite:
         for c in kept:
             self.stats[f"accepted_{c.row['origin']}"] += 1
         skipped = {k: v for k, v in self.skipped.items() if v}
-        return ShardOutput(self.assemble(kept), skipped=skipped, stats=dict(self.stats))
+        return ShardOutput(self.assemble(kept), skipped=skipped, stats=dict(self.stats),
+                           skipped_rows=self.skipped_rows)
 
     # -- what the passes share ------------------------------------------------------------
 
     def image_for(self, row: dict) -> bytes | None:
         """The image the rewriter sees (none for a text-only rewriter)."""
         return (row["image"] or {}).get("bytes") if self.rc.send_image else None
+
+    def view_for(self, row: dict) -> TextView | None:
+        """What a text-only rewriter is told of the image (None for a VLM rewriter, or
+        when the row carries no text of its image: seeds/text_view.py)."""
+        return None if self.rc.send_image else text_view(row)
 
     @staticmethod
     def image_hash(row: dict) -> bytes:
@@ -116,6 +124,11 @@ class ShardRewrite:
                              require=not c.exact or rc.filter_programmatic)
             if not v.keep:
                 self.skipped[v.reason] += 1
+                self.skipped_rows.append({
+                    "id": c.row["id"], "reason": v.reason,
+                    "detail": json.dumps({"question": c.row["question"], "expected": c.expected,
+                                          "teacher_majority": v.majority,
+                                          "agreement": v.agreement}, default=str)})
                 continue
             c.row["pseudo_label_agreement"] = v.agreement
             meta = json.loads(c.row["meta"])

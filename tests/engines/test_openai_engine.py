@@ -37,8 +37,10 @@ class ScriptedServer:
     Records the arrival time of every request and the largest number in flight.
     """
 
-    def __init__(self, script: list[tuple[int, dict, float]]):
+    def __init__(self, script: list[tuple[int, dict, float]], refuse_formats: tuple = ()):
         self.script = list(script)
+        self.bodies: list[dict] = []
+        self.refuse_formats = set(refuse_formats)  # response_format types answered with 400
         self.arrivals: list[float] = []
         self.bodies: list[dict] = []
         self.in_flight = 0
@@ -56,6 +58,8 @@ class ScriptedServer:
                     outer.arrivals.append(time.monotonic())
                     outer.bodies.append(body)
                     status, headers, delay = outer.script.pop(0) if outer.script else (200, {}, 0.0)
+                    if (body.get("response_format") or {}).get("type") in outer.refuse_formats:
+                        status = 400  # a server that does not know this response_format
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
                     counted = True
@@ -126,8 +130,8 @@ def _engine(base_url, **kw):
 def scripted():
     servers = []
 
-    def start(script):
-        servers.append(ScriptedServer(script))
+    def start(script, **kw):
+        servers.append(ScriptedServer(script, **kw))
         return servers[-1]
 
     yield start
@@ -187,6 +191,48 @@ def test_per_completion_seeds_go_one_request_each(scripted):
     assert len(res.completions) == 3 and res.error is None
     assert sorted((b["n"], b["seed"]) for b in server.bodies) == [(1, 7), (1, 8), (1, 9)]
     assert all("exact_seed" not in b for b in server.bodies)
+
+
+SCHEMA = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+
+
+def test_a_schema_is_sent_as_response_format(scripted):
+    server = scripted([])
+    engine = _engine(server.base_url)
+    engine.sample(make_text_requests(2), n=1, max_tokens=4, json_schema=SCHEMA)
+    engine.sample(make_text_requests(1), n=1, max_tokens=4)  # no schema: no response_format
+    formats = [b.get("response_format") for b in server.bodies]
+    assert formats[:2] == [{"type": "json_schema",
+                            "json_schema": {"name": "response", "schema": SCHEMA, "strict": True}}] * 2
+    assert formats[2] is None
+
+
+def test_a_refused_response_format_falls_back_once_for_the_run(scripted):
+    """FAKE server that answers 400 to json_schema and json_object: the engine steps down
+    the configured fallbacks, then sends the working one from the start."""
+    server = scripted([], refuse_formats=("json_schema", "json_object"))
+    engine = _engine(server.base_url, concurrency=1,
+                     response_format_fallback=["json_object", "none"])
+    first = engine.sample(make_text_requests(1), n=1, max_tokens=4, json_schema=SCHEMA)
+    assert first[0].error is None
+    kinds = [(b.get("response_format") or {}).get("type") for b in server.bodies]
+    assert kinds == ["json_schema", "json_object", None]
+    assert engine.format_mode == "none"
+    later = engine.sample(make_text_requests(2), n=1, max_tokens=4, json_schema=SCHEMA)
+    assert all(r.error is None for r in later)
+    assert [b.get("response_format") for b in server.bodies[3:]] == [None, None]
+
+
+def test_without_a_fallback_the_refusal_is_the_requests_error(scripted):
+    server = scripted([], refuse_formats=("json_schema",))
+    engine = _engine(server.base_url, response_format_fallback=[])
+    (out,) = engine.sample(make_text_requests(1), n=1, max_tokens=4, json_schema=SCHEMA)
+    assert out.error and "HTTP 400" in out.error and len(server.bodies) == 1
+
+
+def make_text_requests(k: int) -> list[Request]:
+    return [Request(messages=user_message(f"question {i}", n_images=0), images=[], id=f"t{i}")
+            for i in range(k)]
 
 
 def test_parse_retry_after():

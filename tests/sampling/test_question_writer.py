@@ -26,6 +26,7 @@ from pipeline.sampling.question_writer import (
     render_template,
     rewrite,
 )
+from seeds.text_view import TextView
 from tests.engine_fixtures import image_bytes, make_image
 from tests.fakes import ScriptedEngine, record_calls
 
@@ -35,11 +36,13 @@ SEED_CTX = {
     "wrong_answers": ["9", "15"],
     "skill": "arithmetic",
     "student_accuracy": 0.125,
+    "image_view": None,  # a VLM rewriter: it sees the image
 }
 SKILL_CTX = {
     "skill": "arithmetic",
     "examples": ["What is the sum of B and D?", "What is C minus A?"],
     "existing_question": "Which label has the highest value?",
+    "image_view": None,
 }
 VALID = {
     "question": "What is the sum of all the values?",
@@ -79,6 +82,17 @@ def test_every_template_renders_with_its_context_and_the_json_instruction(kind):
             assert SKILL_CTX["examples"][0] in text
         texts[name] = text
     assert len(set(texts.values())) == len(texts), "two templates render the same prompt"
+
+
+@pytest.mark.parametrize("kind", TEMPLATE_KINDS)
+def test_a_text_only_rewriter_is_told_what_it_sees(kind):
+    view = TextView("the chart's data table", "label | value\nA | 3\nB | 9")
+    ctx = {**(SEED_CTX if kind == "seed_guided" else SKILL_CTX), "image_view": view}
+    for name in list_templates(kind):
+        text = render_template(kind, name, ctx)
+        assert "cannot see the image" in text and view.kind in text and "B | 9" in text
+        seen = render_template(kind, name, {**ctx, "image_view": None})
+        assert "cannot see" not in seen and "B | 9" not in seen
 
 
 def test_seed_guided_templates_cover_the_failure_modes():

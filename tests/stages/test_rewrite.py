@@ -319,6 +319,56 @@ def test_llm_passes_accept_dedup_label_and_keep_lineage():
     )
 
 
+def test_a_text_only_rewriter_reads_the_data_table_instead_of_the_image():
+    """send_image false: each rewriter prompt carries its seed's data table and no image;
+    a seed without a text view is skipped (counted); rejected replies are recorded."""
+    table = mine_table(4, [0.0, 0.0, 0.1, 0.2], seed=6)
+    rows = table.to_pylist()
+    meta = json.loads(rows[3]["meta"])
+    del meta["chart"]  # a seed whose row carries no text of its image
+    rows[3]["meta"] = json.dumps(meta)
+    table = pa.Table.from_pylist(rows, schema=table.schema)
+    charts = charts_of(table.slice(0, 3))
+    tables = {Chart.from_json(json.loads(r["meta"])["chart"]).as_table(): r for r in rows[:3]}
+    images_sent = []
+
+    def rewriter(text, img):
+        images_sent.append(img)
+        seed = next(r for t, r in tables.items() if t in text)  # its own table, verbatim
+        assert "cannot see the image" in text
+        if seed is rows[2]:
+            return "Sure! Here is a question: what is the biggest bar?"  # never JSON
+        chart = Chart.from_json(json.loads(seed["meta"])["chart"])
+        return json.dumps({"question": ADD_Q, "expected_answer": str(ADD(chart)),
+                           "answer_type": "number", "skill": "multihop", "rationale": "r"})
+
+    engine = standin(charts, rewriter)
+    cfg = run_cfg(method="llm", max_seeds_per_skill=None, send_image=False, variants_per_seed=1,
+                  skill_guided=False)
+    out = process(cfg, engine, table)
+    assert images_sent and set(images_sent) == {""}  # no request carried an image
+    assert out.skipped["rewriter_no_text_view"] == 1
+    assert out.skipped["rewriter_invalid_json"] == 1
+    assert out.stats["rewriter_jobs"] == 3 and out.stats["rewriter_valid_first_try"] == 2
+    assert out.stats["attempt_failed_rewriter_invalid_json"] == 2  # first try and the retry
+    bad = [r for r in out.skipped_rows if r["reason"] == "rewriter_invalid_json"]
+    assert [r["id"] for r in bad] == [f"{rows[2]['id']}:0"]
+    assert "biggest bar" in json.loads(bad[0]["detail"])["reply"]
+    new = out.table.to_pylist()[4:]
+    assert sorted(r["parent_id"] for r in new) == sorted([rows[0]["id"], rows[1]["id"]])
+    assert all(r["image"] == next(s for s in rows if s["id"] == r["parent_id"])["image"]
+               for r in new)  # the teacher still labels the prompt on its image
+
+
+def test_images_for_a_text_only_rewriter_are_refused_before_any_call():
+    table = mine_table(2, [0.0, 0.0], seed=7)
+    engine = standin(charts_of(table), lambda text, img: "{}")
+    engine.takes_images = False  # what a text-only model's engine reports
+    with pytest.raises(ConfigError, match="send_image"):
+        process(run_cfg(method="llm"), engine, table)
+    assert engine.rewrite_prompts == []
+
+
 @pytest.mark.parametrize("filter_programmatic", [True, False])
 def test_programmatic_pass_labels_and_filters(filter_programmatic):
     acc = [0.0, 0.0, 0.25, 0.0, 1.0, 0.0]
