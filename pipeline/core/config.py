@@ -258,6 +258,12 @@ class ExecutionConfig:
     num_workers: int | None = bounded(None, ge=1)
     ray_address: str | None = None  # default: $RAY_ADDRESS, else a local Ray sized to the machine
     num_cpus: int | None = bounded(None, ge=1)  # local Ray only: CPUs to give it (default: all)
+    # A shard whose worker was lost (its node died, the worker was killed) runs again on a
+    # live worker up to this many times before it is reported failed (a rerun redoes it).
+    max_shard_retries: int = bounded(2, ge=0)
+    # How long a worker may wait for a node with the resources it asks for (a replacement
+    # after a node loss, a GPU worker on a busy cluster) before it is given up.
+    placement_timeout_s: float = bounded(300.0, gt=0)
 
     def __post_init__(self) -> None:
         check_ranges(self, "execution")

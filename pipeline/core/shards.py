@@ -105,6 +105,8 @@ class ShardMarker:
     # manifest can be rebuilt from its markers without trusting the current config.
     config_hash: str = ""
     input_hash: str = ""
+    # Where it was made: the Ray node id, worker pid, the GPUs Ray gave the worker, tries.
+    worker: dict[str, Any] = field(default_factory=dict)
 
 
 def write_shard(stage_dir: Path, marker: ShardMarker, table: pa.Table,

@@ -388,9 +388,10 @@ def run_stage(cfg: RunConfig, stage: Stage, registry: StageRegistry, *, recomput
     failures: list[TaskFailure] = []
     bar = _progress_bar(stage.dirname, len(tasks), len(tasks) - len(pending), progress)
     _show_totals(bar, man.shards)
-    for task, out, secs in execute(stage, cfg, pending, load,
-                                   str(log_path) if log_path else None):
+    for task, out, secs, where in execute(stage, cfg, pending, load,
+                                          str(log_path) if log_path else None):
         if isinstance(out, TaskFailure):
+            out.node = out.node or where.get("node", "")
             failures.append(out)
             log.error("%s shard %d failed: %s", stage.dirname, task.index, out.error)
         else:
@@ -398,7 +399,8 @@ def run_stage(cfg: RunConfig, stage: Stage, registry: StageRegistry, *, recomput
                 stage_dir,
                 shards.ShardMarker(index=task.index, rows=0, sha256="", skipped=out.skipped,
                                    seconds=round(secs, 3), stats=out.stats,
-                                   config_hash=config_hash, input_hash=input_hash),
+                                   config_hash=config_hash, input_hash=input_hash,
+                                   worker=where),
                 out.table,
                 skipped_rows=out.skipped_rows or None,
             )

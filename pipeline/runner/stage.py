@@ -24,6 +24,9 @@ class Resources:
 
     cpus: float = 1.0
     gpus: float = 0.0
+    # True: the GPUs are wanted where the cluster has them (an engine on ``device: auto``);
+    # on a cluster without GPUs the worker runs on CPUs instead.
+    gpus_if_available: bool = False
 
 
 @dataclass
