@@ -31,10 +31,12 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from pipeline.core import shards
 from pipeline.core.console import redirect_process_output
 from pipeline.core.errors import RunError, UserError, one_line
 from pipeline.core.lazy import lazy
@@ -62,6 +64,27 @@ def _failure(index: int, e: BaseException, prefix: str = "") -> TaskFailure:
 
 
 # (task, its output or failure, seconds, where it ran: node id, pid, gpus, attempts)
+@dataclass
+class WorkerIO:
+    """Shared storage (``execution.worker_io``): a worker reads its input shards and writes
+    its output shard file itself, at paths every node sees; the driver then writes only the
+    marker. Shard bytes never pass through the driver or Ray's object store."""
+
+    upstream_dir: str | None
+    stage_dir: str
+
+    def read(self, task: ShardTask) -> pa.Table | None:
+        if self.upstream_dir is None or not task.input_shards:
+            return None
+        up = Path(self.upstream_dir)
+        return pa.concat_tables([shards.read_shard(up, i) for i in task.input_shards],
+                                promote_options="default")
+
+    def write(self, out: ShardOutput, index: int) -> None:
+        out.written = shards.write_shard_file(Path(self.stage_dir), index, out.table)
+        out.table = None
+
+
 TaskResult = tuple[ShardTask, ShardOutput | TaskFailure, float, dict[str, Any]]
 InputLoader = Callable[[ShardTask], pa.Table | None]
 
@@ -188,7 +211,7 @@ class _Slot:
 
 
 def run_ray(stage: Stage, cfg, tasks: list[ShardTask], load: InputLoader,
-            log_path: str | None = None) -> Iterator[TaskResult]:
+            log_path: str | None = None, io: WorkerIO | None = None) -> Iterator[TaskResult]:
     """Dispatch tasks to a pool of actors; yield results as they complete.
 
     Every wait is bounded: a worker that finds no node within
@@ -197,6 +220,7 @@ def run_ray(stage: Stage, cfg, tasks: list[ShardTask], load: InputLoader,
     a live worker, at most ``execution.max_shard_retries`` times, and is replaced if the
     cluster can still place it. Shards left with no worker fail, by index, with the reason.
     Each result is yielded once, by the driver, so a retried shard can never be written twice.
+    With ``io`` the workers read and write the shard files themselves (shared storage).
     """
     init_ray(cfg, log_to_driver=log_path is None)
     res = placed_resources(stage.resources(cfg))
@@ -217,7 +241,9 @@ def run_ray(stage: Stage, cfg, tasks: list[ShardTask], load: InputLoader,
         def where(self):
             return _placement()
 
-        def run(self, task, table):
+        def run(self, task, table, io=None):
+            if io is not None:
+                table = io.read(task)
             if not self.set_up:  # on the first shard: where() answers before engines load
                 self.set_up = True
                 try:
@@ -227,7 +253,13 @@ def run_ray(stage: Stage, cfg, tasks: list[ShardTask], load: InputLoader,
             if self.setup_error:
                 f = self.setup_error
                 return TaskFailure(task.index, f.error, f.traceback, f.user_error), 0.0
-            return _run_one(self.stage, self.cfg, self.state, task, table)
+            out, secs = _run_one(self.stage, self.cfg, self.state, task, table)
+            if io is not None and isinstance(out, ShardOutput):
+                try:
+                    io.write(out, task.index)
+                except Exception as e:  # noqa: BLE001 - the shard failed, the run goes on
+                    out = _failure(task.index, e, "writing the shard: ")
+            return out, secs
 
         def close(self):
             close = getattr(self.state, "close", None)
@@ -244,6 +276,7 @@ def run_ray(stage: Stage, cfg, tasks: list[ShardTask], load: InputLoader,
     attempts: dict[int, int] = {}
     lost_on: dict[int, str] = {}  # shard -> node it was last lost on
     last_loss = ""  # the last worker error, for the shards no worker is left to run
+    sent: dict[int, int] = {}  # shard -> Arrow bytes of the input table the driver sent
 
     def new_slot(i: int | None = None) -> None:
         actor = ShardWorker.options(**opts).remote(stage, cfg, log_path)
@@ -265,7 +298,9 @@ def run_ray(stage: Stage, cfg, tasks: list[ShardTask], load: InputLoader,
         for i, slot in enumerate(slots):
             if pending and slot is not None and slot.where is not None and not slot.busy:
                 task = pending.pop()
-                in_flight[slot.actor.run.remote(task, load(task))] = ("run", i, task)
+                table = None if io is not None else load(task)
+                sent[task.index] = table.nbytes if table is not None else 0
+                in_flight[slot.actor.run.remote(task, table, io)] = ("run", i, task)
                 slot.busy = True
 
     for _ in range(n_workers):
@@ -319,8 +354,11 @@ def run_ray(stage: Stage, cfg, tasks: list[ShardTask], load: InputLoader,
             else:
                 out, secs = result
                 slot.busy = False
+                got = out.table.nbytes if isinstance(out, ShardOutput) and out.table is not None else 0
                 yield task, out, secs, {**(slot.where or {}),
-                                        "attempts": attempts.get(task.index, 0) + 1}
+                                        "attempts": attempts.get(task.index, 0) + 1,
+                                        "driver_bytes": {"sent": sent.get(task.index, 0),
+                                                         "received": got}}
             dispatch()
         # No live worker is left for these (nodes lost, none could be placed in time).
         for task in reversed(pending):
@@ -342,11 +380,12 @@ def run_ray(stage: Stage, cfg, tasks: list[ShardTask], load: InputLoader,
 
 
 def execute(stage: Stage, cfg, tasks: list[ShardTask], load: InputLoader,
-            log_path: str | None = None) -> Iterator[TaskResult]:
+            log_path: str | None = None, io: WorkerIO | None = None) -> Iterator[TaskResult]:
     """Run ``tasks``; ``log_path``: where Ray workers write their output (quiet runs; the
-    local backend's output is the driver's own, captured by the caller)."""
+    local backend's output is the driver's own, captured by the caller); ``io``: workers
+    read and write shard files themselves (Ray only; in-process, the driver does)."""
     if not tasks:
         return iter(())
     if cfg.execution.backend == "local":
         return run_local(stage, cfg, tasks, load)
-    return run_ray(stage, cfg, tasks, load, log_path)
+    return run_ray(stage, cfg, tasks, load, log_path, io)

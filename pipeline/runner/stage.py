@@ -38,13 +38,16 @@ class ShardTask:
 
 @dataclass
 class ShardOutput:
-    table: pa.Table
+    table: pa.Table | None
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
     stats: dict[str, Any] = field(default_factory=dict)
     # The skipped rows themselves, {"id", "reason", "detail"} each (which file was missing,
     # what the engine said): the runner writes them beside the shard and merges them into
     # the stage's skipped.jsonl.
     skipped_rows: list[dict[str, Any]] = field(default_factory=list)
+    # Set by the executor when the worker wrote the shard file itself (shared storage,
+    # ``execution.worker_io``): its sha256 and rows; ``table`` is then None.
+    written: dict[str, Any] | None = None
 
 
 class Stage:

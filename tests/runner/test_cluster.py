@@ -27,13 +27,13 @@ import ray
 import yaml
 
 from pipeline.core.config import config_from_dict
-from pipeline.core.errors import RunError
+from pipeline.core.errors import ConfigError, RunError
 from pipeline.runner.run import Manifest, run_stages
 from pipeline.runner.stage import StageRegistry
 from seeds.chartworld.spec import WorldConfig
 from seeds.chartworld.writer import write_seed_set
 from stages import REGISTRY
-from tests.stages_for_tests import CountingStage, PlacementProbeStage
+from tests.stages_for_tests import CountingStage, DoublingStage, PlacementProbeStage
 from tools.compare_runs import stage_table
 from tools.ray_cluster import Cluster, ClusterError
 
@@ -171,6 +171,9 @@ def test_a_node_lost_during_the_teacher_stage_loses_no_row(cluster, runs):
     # The shards not finished at the kill were all made on the surviving node.
     late = [m for m in man.shards.values() if names.get(m["worker"]["node"]) != "node_1"]
     assert len(late) >= 6 - done_at_kill
+    retried = sorted(m["index"] for m in man.shards.values() if m["worker"].get("attempts", 1) > 1)
+    print(f"node lost with {done_at_kill}/6 shards done; exit {proc.returncode}; "
+          f"shards run again on the survivor: {retried}")
 
 
 def test_gpu_node_one_worker_per_gpu_tensor_parallel_takes_two(cluster, tmp_path):
@@ -214,3 +217,31 @@ def test_gpu_node_one_worker_per_gpu_tensor_parallel_takes_two(cluster, tmp_path
     with pytest.raises(RunError, match=r"no node of the Ray cluster can host .* GPU 1"):
         run("cuda", PlacementProbeStage(n_shards=2), device="cuda")
     assert time.monotonic() - t0 < 60
+
+
+def test_shared_storage_workers_write_their_shards_and_the_driver_moves_none(cluster, tmp_path):
+    """execution.worker_io with run.root as a file:// URI (a folder every node sees): the
+    rows are the driver-IO run's, and no shard byte passed through the driver."""
+    stages = StageRegistry([CountingStage(n_shards=6), DoublingStage()])
+
+    def run(name, **execution):
+        cfg = config_from_dict({
+            "run": {"name": name, "root": f"file://{tmp_path}"},
+            "execution": {"backend": "ray", "ray_address": cluster.address, **execution}})
+        try:
+            run_stages(cfg, [1, 2], stages, progress=False)
+        finally:
+            ray.shutdown()
+        return cfg.run_dir
+
+    via_driver, direct = run("driver"), run("direct", worker_io=True)
+    assert direct == tmp_path / "direct"
+    for st in stages:
+        assert _rows(direct, st.dirname) == _rows(via_driver, st.dirname)
+        moved = Manifest.read(via_driver / st.dirname).driver_bytes
+        assert moved["received"] > 0
+        assert Manifest.read(direct / st.dirname).driver_bytes | {"finalize_read": 0} == {
+            "sent": 0, "received": 0, "finalize_read": 0}
+    assert Manifest.read(via_driver / "02-double").driver_bytes["sent"] > 0
+    with pytest.raises(ConfigError, match=r"run.root 's3://b/runs': .*not supported yet"):
+        config_from_dict({"run": {"name": "x", "root": "s3://b/runs"}})
