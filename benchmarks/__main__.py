@@ -33,9 +33,11 @@ BENCHES = {
     "adaptive-real": ["benchmarks.bench_adaptive_real"],
     # issue 18: the prepared GPU check (skips itself without a GPU; `--dry-run` for the CPU)
     "gpu": ["benchmarks.gpu_check", "--out", "benchmarks/results/gpu_check"],
+    # issue 19: shard bytes through the driver per 1,000 prompts (reads a finished run folder)
+    "cluster_io": ["benchmarks.cluster_io", "--run", "runs/teach"],
 }
 # Run only when named: they take many minutes.
-SLOW = {"teacher_cost"}
+SLOW = {"teacher_cost", "cluster_io"}  # cluster_io: needs runs/teach (`make reproduce`)
 
 
 def main(argv: list[str]) -> int:
