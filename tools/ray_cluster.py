@@ -194,6 +194,18 @@ class Cluster:
                 continue
         raise ClusterError(f"node {node.name} has no raylet process")
 
+    def node_id(self, node: Node) -> str | None:
+        """The Ray node id of a node this cluster started (from its raylet's command line)."""
+        for p in _tree(node.pid):
+            try:
+                if p.name() == "raylet":
+                    for arg in p.cmdline():
+                        if arg.startswith("--node_id="):
+                            return arg.split("=", 1)[1]
+            except psutil.NoSuchProcess:
+                continue
+        return None
+
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
 

@@ -5,6 +5,7 @@ a head (no CPU) and two worker nodes, each its own `ray start` process and rayle
   (the node id is in each shard's marker) and every stage's rows equal a local run's;
 - a worker node's raylet killed while stage 4 (the teacher) runs: the stage finishes on the
   survivor and no row is lost or duplicated versus the local run;
+- without retries, the shard a lost node held fails by index and a rerun redoes only it;
 - a node declaring 2 GPUs: one model worker per GPU, each with its own CUDA_VISIBLE_DEVICES;
   tensor_parallel_size=2 takes both; CPU stages reserve none; a stage no node can host
   fails at once, in one line.
@@ -15,10 +16,12 @@ saying why, only where Ray cannot start extra nodes on this machine.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,9 +29,10 @@ import pytest
 import ray
 import yaml
 
+from pipeline.core import shards
 from pipeline.core.config import config_from_dict
 from pipeline.core.errors import ConfigError, RunError
-from pipeline.runner.run import Manifest, run_stages
+from pipeline.runner.run import Manifest, StageFailedError, run_stages
 from pipeline.runner.stage import StageRegistry
 from seeds.chartworld.spec import WorldConfig
 from seeds.chartworld.writer import write_seed_set
@@ -245,3 +249,54 @@ def test_shared_storage_workers_write_their_shards_and_the_driver_moves_none(clu
     assert Manifest.read(via_driver / "02-double").driver_bytes["sent"] > 0
     with pytest.raises(ConfigError, match=r"run.root 's3://b/runs': .*not supported yet"):
         config_from_dict({"run": {"name": "x", "root": "s3://b/runs"}})
+
+
+def test_without_retries_a_lost_worker_fails_naming_its_shard_then_a_rerun_completes(cluster, tmp_path):
+    """execution.max_shard_retries=0: the shard a lost node held fails by index, naming the
+    node, the others complete; a rerun on what is left of the cluster redoes only it."""
+    extra = cluster.add_node("node_2", cpus=1, object_store_mb=200, start_timeout_s=120)
+    cfg = config_from_dict({
+        "run": {"name": "r", "root": str(tmp_path)},
+        "execution": {"backend": "ray", "ray_address": cluster.address, "num_workers": 2,
+                      "max_shard_retries": 0, "placement_timeout_s": 10}})
+    stage = CountingStage(n_shards=6, sleep=3.0)
+    stage_dir = cfg.run_dir / stage.dirname
+
+    node_2 = cluster.node_id(extra)
+
+    def kill_after_first_shard():
+        """Once node_2's worker has finished a shard it is given the next one (3 s long):
+        kill its raylet half a second later, mid-shard."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 120:
+            markers = [json.loads(p.read_text()) for p in stage_dir.glob("shard-*.done")]
+            if any(m["worker"].get("node") == node_2 for m in markers):
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        cluster.kill_raylet(extra)
+
+    killer = threading.Thread(target=kill_after_first_shard)
+    killer.start()
+    try:
+        with pytest.raises(StageFailedError) as err:
+            run_stages(cfg, [1], StageRegistry([stage]), progress=False)
+        names = _node_names()
+    finally:
+        ray.shutdown()
+        killer.join(timeout=130)
+    lost = [f for f in err.value.failures if "lost with its worker" in f.error]
+    assert lost and len(lost) == len(err.value.failures)
+    assert all(names.get(f.node) == "node_2" for f in lost)
+    assert f"shard {lost[0].index}: lost with its worker on node {lost[0].node}" in str(err.value)
+    done = set(shards.complete_shards(stage_dir))
+    assert done.isdisjoint(f.index for f in lost) and len(done) + len(lost) == 6
+
+    try:
+        man = run_stages(cfg, [1], StageRegistry([stage]), progress=False)[stage.dirname]
+    finally:
+        ray.shutdown()
+        cluster.stop_node(extra)
+    assert man.status == "complete" and man.rows == 59  # every row once (one is skipped)
+    values = stage_table(stage_dir).column("value").to_pylist()
+    assert sorted(values) == [v for v in range(60) if v != 3]
