@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -167,6 +168,7 @@ def init_ray(cfg, log_to_driver: bool = True) -> None:
         return
     address = cfg.execution.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
+        check_reachable(address)
         ray.init(address=address, log_to_driver=log_to_driver)
         return
     ray.init(
@@ -177,6 +179,20 @@ def init_ray(cfg, log_to_driver: bool = True) -> None:
         object_store_memory=512 * 1024 * 1024,
         runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(_import_paths())}},
     )
+
+
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A cluster address (host:port) that nothing answers on is one line now: Ray itself
+    would retry connecting for minutes."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", ray://...: Ray's own lookup
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise RunError(f"no Ray cluster answers at {address} (execution.ray_address or "
+                       f"RAY_ADDRESS): {e.strerror or e}; start it (`make cluster-up`, "
+                       "`ray start --head`) or unset RAY_ADDRESS to run on this machine") from None
 
 
 def _import_paths() -> list[str]:

@@ -300,3 +300,13 @@ def test_without_retries_a_lost_worker_fails_naming_its_shard_then_a_rerun_compl
     assert man.status == "complete" and man.rows == 59  # every row once (one is skipped)
     values = stage_table(stage_dir).column("value").to_pylist()
     assert sorted(values) == [v for v in range(60) if v != 3]
+
+
+def test_an_address_where_no_cluster_answers_is_one_line_not_a_hang(tmp_path):
+    cfg = config_from_dict({"run": {"name": "r", "root": str(tmp_path)},
+                            "execution": {"backend": "ray", "ray_address": "127.0.0.1:9"}})
+    t0 = time.monotonic()
+    with pytest.raises(RunError, match=r"no Ray cluster answers at 127.0.0.1:9 .*RAY_ADDRESS"):
+        run_stages(cfg, [1], StageRegistry([CountingStage(n_shards=1)]), progress=False)
+    assert time.monotonic() - t0 < 30
+    assert not ray.is_initialized()
