@@ -153,6 +153,8 @@ def test_a_node_lost_during_the_teacher_stage_loses_no_row(cluster, runs):
         done_at_kill = len(list(stage4.glob("shard-*.done")))
         lost_id = cluster.node_id(cluster.node("node_1"))
         cluster.kill_raylet(cluster.node("node_1"))
+        time.sleep(0.5)  # a result node_1 sent just before it died is written by now
+        done_by_node_1_at_most = len(list(stage4.glob("shard-*.done")))
         out, _ = proc.communicate(timeout=300)  # bounded: a lost node must not hang it
     finally:
         if proc.poll() is None:
@@ -174,7 +176,7 @@ def test_a_node_lost_during_the_teacher_stage_loses_no_row(cluster, runs):
     assert lost_id and lost_id not in alive  # the node really is gone
     # The shards not finished at the kill were all made on the surviving node.
     late = [m for m in man.shards.values() if m["worker"]["node"] != lost_id]
-    assert len(late) >= 6 - done_at_kill
+    assert len(late) >= 6 - done_by_node_1_at_most
     retried = sorted(m["index"] for m in man.shards.values() if m["worker"].get("attempts", 1) > 1)
     print(f"node lost with {done_at_kill}/6 shards done; exit {proc.returncode}; "
           f"shards run again on the survivor: {retried}")
