@@ -131,14 +131,21 @@ def test_stages_1_to_6_on_two_worker_nodes_give_the_local_rows(runs):
     assert local_marker["node"] == "local"
 
 
-def test_a_node_lost_during_the_teacher_stage_loses_no_row(cluster, runs):
+# NODE_LOSS_REPEAT=5 runs the kill five times in a row on one cluster (a fresh node_1 each
+# time): the flake check, in one process, without redoing the reference runs.
+@pytest.mark.parametrize("attempt", range(int(os.environ.get("NODE_LOSS_REPEAT", "1"))))
+def test_a_node_lost_during_the_teacher_stage_loses_no_row(cluster, runs, attempt):
     root, local_dir, cluster_dir, _ = runs
-    run_dir = root / "runs" / "lost"
+    if attempt:  # the last attempt killed node_1: a new one takes its place
+        cluster.stop_node(cluster.node("node_1"))
+        cluster.add_node("node_1", cpus=1, object_store_mb=200, start_timeout_s=120)
+    name = f"lost{attempt}"
+    run_dir = root / "runs" / name
     for stage in ("01-ingest", "02-mine"):  # stage 4's input, exactly as the cluster made it
         shutil.copytree(cluster_dir / stage, run_dir / stage)
-    cfg_path = root / "lost.yaml"
+    cfg_path = root / f"{name}.yaml"
     # Six shards of four prompts on two workers: the kill lands while stage 4 is mid-way.
-    cfg_path.write_text(yaml.safe_dump(_config(root, "lost", "ray")))
+    cfg_path.write_text(yaml.safe_dump(_config(root, name, "ray")))
     stage4 = run_dir / "04-delta"
     env = {**os.environ, "RAY_ADDRESS": cluster.address}
     cmd = [sys.executable, "-m", "pipeline.cli", "stage", "4", "--config", str(cfg_path)]
@@ -178,7 +185,7 @@ def test_a_node_lost_during_the_teacher_stage_loses_no_row(cluster, runs):
     late = [m for m in man.shards.values() if m["worker"]["node"] != lost_id]
     assert len(late) >= 6 - done_by_node_1_at_most
     retried = sorted(m["index"] for m in man.shards.values() if m["worker"].get("attempts", 1) > 1)
-    print(f"node lost with {done_at_kill}/6 shards done; exit {proc.returncode}; "
+    print(f"attempt {attempt}: node lost with {done_at_kill}/6 shards done; exit {proc.returncode}; "
           f"shards run again on the survivor: {retried}")
 
 
