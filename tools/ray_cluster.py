@@ -163,8 +163,17 @@ class Cluster:
                                                   if k != "RAY_ADDRESS"})
         except subprocess.TimeoutExpired:
             return set()
-        lines = out.stdout.strip().splitlines()
-        return set(json.loads(lines[-1])) if out.returncode == 0 and lines else set()
+        if out.returncode != 0:
+            return set()
+        # Ray may print warnings on stdout too (a busy machine's "lagging heartbeats"):
+        # the answer is the last line that is a JSON list.
+        for line in reversed(out.stdout.strip().splitlines()):
+            if line.startswith("["):
+                try:
+                    return set(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return set()
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """End every node this cluster started (and their children), by process id."""

@@ -65,7 +65,9 @@ def cluster():
 def _config(root: Path, name: str, backend: str, **over) -> dict:
     engine = {"engine": "transformers", "max_model_len": 512, "batch_size": 16}
     raw = {
-        "run": {"name": name, "root": str(root / "runs"), "shard_size": 4},
+        # No sample store: the node-loss tests need stage 4 to sample, not to be served
+        # what an earlier run of the same prompts stored.
+        "run": {"name": name, "root": str(root / "runs"), "shard_size": 4, "sample_store": False},
         # Two model workers: one per worker node (the default is one on CPU-only clusters).
         "execution": {"backend": backend, "num_workers": 2, "placement_timeout_s": 30},
         "models": {"teacher": {**engine, "model": str(TEACHER)},
