@@ -76,6 +76,18 @@ def image_size_cap(cfg: EngineConfig) -> dict[str, int]:
     return size
 
 
+def consecutive_runs(seeds) -> list[tuple[int, int, int]]:
+    """(position of the run's first seed, that seed, run length) for each run of
+    consecutive integers in ``seeds``, in order: ``[5, 6, 7, 9]`` -> ``[(0, 5, 3), (3, 9, 1)]``."""
+    runs: list[list[int]] = []
+    for pos, seed in enumerate(seeds):
+        if runs and seed == runs[-1][1] + runs[-1][2]:
+            runs[-1][2] += 1
+        else:
+            runs.append([pos, seed, 1])
+    return [tuple(r) for r in runs]
+
+
 def structured_kwargs(schema: dict | None) -> dict[str, Any]:
     """The ``SamplingParams`` arguments that constrain decoding to ``schema`` (or none).
 
@@ -227,13 +239,14 @@ class VLLMEngine(Engine):
                     results[c][i] = SampleResult(completions=[], error=f"{names[c, i]}: {e}")
                     continue
                 prompt = self._prompt(text, images)
-                # Per-completion seeds: one n=1 request per seed (vLLM forks n>1 into child
-                # requests sharing the prompt's KV anyway; prefix caching shares it here).
-                seeds = [(None, request_seed(p.seed, i))] if request.seeds is None else \
-                    list(enumerate(request.seeds))
-                for j, seed in seeds:
+                # Per-completion seeds: vLLM seeds child k of an n-request with seed + k, so
+                # each run of consecutive seeds is one request and gives exactly the samples
+                # n=1 requests with those seeds would (one prefill, one image processing).
+                runs = [(None, request_seed(p.seed, i), p.n)] if request.seeds is None else \
+                    consecutive_runs(request.seeds)
+                for j, seed, count in runs:
                     params = vllm.SamplingParams(
-                        n=p.n if j is None else 1,
+                        n=count,
                         temperature=p.temperature,
                         top_p=p.top_p,
                         max_tokens=min(p.max_tokens, self.max_len - length),

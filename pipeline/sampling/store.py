@@ -101,10 +101,14 @@ def sampling_key(sampling: SamplingConfig) -> str:
 
 def sample_seed(base_seed: int, request: str, index: int) -> int:
     """The seed of sample ``index`` of a request: from the run's base seed, the request's
-    key and the index only, so it does not depend on the batch, the round or the model."""
+    key and the index only, so it does not depend on the batch, the round or the model.
+
+    A request's seeds are consecutive (its own offset + index) on purpose: vLLM draws an
+    ``n=k`` request with seed s as k children seeded s, s+1, ..., so samples i..i+k-1 go
+    to the engine as one request (prefill and image processing once) instead of k."""
     words = [int(request[i : i + 8], 16) for i in range(0, 32, 8)]
-    state = np.random.SeedSequence([int(base_seed), *words, int(index)]).generate_state(1)[0]
-    return int(state & 0x7FFFFFFF)
+    offset = np.random.SeedSequence([int(base_seed), *words]).generate_state(1)[0]
+    return int(offset & 0x3FFFFFFF) + int(index)  # + index stays below 2**31
 
 
 def sample_key(model: str, request: str, sampling: str, index: int) -> str:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pipeline.engines import EngineConfig, Request, SampleParams, build_engine
+from pipeline.engines.vllm_engine import consecutive_runs
 from pipeline.sampling.prompts import user_message
 from tests.engine_fixtures import image_bytes, make_image, make_requests
 
@@ -178,3 +179,15 @@ def test_per_completion_seeds_do_not_depend_on_the_batch(vllm_engine):
     tail = vllm_engine.sample([replace(reqs[1], seeds=(3, 4))], n=2, seed=99, **kw)
     assert _token_ids(tail)[0] == _token_ids(whole)[1][2:]
     assert len({tuple(c) for c in _token_ids(whole)[0]}) > 1  # four seeds, not one sample
+    # A run of consecutive seeds goes as one n-request (children seeded s, s+1, ...): the
+    # same completions as one n=1 request per seed, and as a run with a gap in it.
+    ones = [vllm_engine.sample([replace(reqs[1], seeds=(s,))], n=1, seed=7, **kw) for s in (2, 4)]
+    gap = vllm_engine.sample([replace(reqs[1], seeds=(1, 2, 4))], n=3, seed=5, **kw)
+    assert [_token_ids(o)[0][0] for o in ones] == [_token_ids(whole)[1][1], _token_ids(whole)[1][3]]
+    assert _token_ids(gap)[0] == [_token_ids(whole)[1][i] for i in (0, 1, 3)]
+
+
+def test_consecutive_seeds_are_grouped_in_order():
+    assert consecutive_runs([5, 6, 7, 9]) == [(0, 5, 3), (3, 9, 1)]
+    assert consecutive_runs([3, 1, 2]) == [(0, 3, 1), (1, 1, 2)]
+    assert consecutive_runs([]) == []
