@@ -202,6 +202,8 @@ def scale_shortfalls(cfg: dict, runs: list[dict]) -> list[str]:
         out.append(f"{fewest} seed(s) per OPD arm, not 5")
     if len(cfg["budgets"]) < 5:
         out.append(f"{len(cfg['budgets'])} budgets, not 5")
+    if max(cfg["budgets"]) < 160:
+        out.append(f"longest budget {max(cfg['budgets'])} steps, not 160")
     if cfg["heldout_n"] < 2000:
         out.append(f"{cfg['heldout_n']} held-out questions, not 2,000")
     missing = [s for s in ("sft", "transfer") if not any(r["setting"] == s for r in runs)]
@@ -223,7 +225,9 @@ def write_results(stem: Path, meta: dict, baseline: dict, runs: list[dict]) -> d
              *([f"**Smaller than the experiment asks for**: {'; '.join(short)}. The verdicts above "
                 "are on this scale.", ""] if short else []),
              f"Command: `{meta['command']}`  ",
-             f"Machine: {meta['machine']}; total {meta['seconds']:.0f} s.  ",
+             f"Machine: {meta['machine']}; the training runs' wall time summed: "
+             f"{sum(r.get('wall_s', 0) for r in runs):.0f} s (on a machine other jobs shared: "
+             "read costs per arm from the rollout tokens, not the seconds).  ",
              f"Settings: {cfg['prompts_per_step']} prompts x {cfg['rollouts']} rollouts per step, loss "
              f"{cfg['loss']} (beta {cfg['beta']}), lr {cfg['lr']}, budgets {cfg['budgets']}, seeds "
              f"{cfg['seeds']} (SFT and transfer: {cfg['small_seeds']}), {cfg['heldout_n']} held-out "

@@ -180,7 +180,8 @@ def test_a_run_smaller_than_the_design_says_where():
     small = {"budgets": [4, 8, 16, 32], "heldout_n": 500}
     fewer = [r for r in runs if r["setting"] != "opd" or r["seed"] < 3 or r["arm"] == "random"]
     assert scale_shortfalls(small, [r for r in fewer if r["setting"] != "transfer"]) == [
-        "3 seed(s) per OPD arm, not 5", "4 budgets, not 5", "500 held-out questions, not 2,000",
+        "3 seed(s) per OPD arm, not 5", "4 budgets, not 5", "longest budget 32 steps, not 160",
+        "500 held-out questions, not 2,000",
         "not run: transfer"]
 
 
