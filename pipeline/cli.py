@@ -292,7 +292,7 @@ def cmd_refresh(args) -> int:
     words = [f"refresh.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     cfg = load_config(args.config, list(args.overrides) + words)
     refresh = importlib.import_module("pipeline.refresh")
-    refresh.base_pool(cfg)  # a missing or unfinished base run: one line, before any folder is made
+    refresh.check(cfg)  # e.g. a missing or unfinished base run: one line, before any folder is made
     with run_console(refresh.folder_config(cfg), args.verbose, "refresh", args.words) as console:
         refresh.main_refresh(cfg, console, recompute=args.recompute)
     return 0

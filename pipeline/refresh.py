@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import json
 import logging
@@ -48,15 +49,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
 from pipeline.core import shards
-from pipeline.core.config import EngineConfig, RunConfig, config_from_dict
+from pipeline.core.config import RunConfig, config_from_dict
 from pipeline.core.configschema import load_dataclass
 from pipeline.core.console import Console
 from pipeline.core.errors import RunError, UsageError
 from pipeline.core.reports import COLORS, figure, save_png, write_json, write_text
-from pipeline.engines import build_engine
 from pipeline.runner.run import Manifest, run_lock, run_stages, stage_status
 from pipeline.runner.stage import ShardOutput, ShardTask, Stage, StageRegistry
 from pipeline.sampling.fingerprint import model_identity
@@ -66,7 +64,7 @@ from stages.filter import FilterStage
 from stages.mine import MineStage
 from trainer.config import OPDConfig
 from trainer.data import load_prompts
-from trainer.eval import EvalConfig, engine_generator, evaluate
+from trainer.eval import EvalConfig, evaluate_model
 from trainer.loop import latest_checkpoint
 from trainer.opd import OPDTrainer
 
@@ -113,6 +111,18 @@ ROUND_STAGES = [1, 2, 4, 5]
 
 
 # --- the base run ---------------------------------------------------------------------------
+def check(cfg: RunConfig) -> Path:
+    """What a refresh needs before any folder is made (one line each): models, a held-out
+    set that exists, a base run whose stages 1-5 are complete. Returns the pool folder."""
+    if cfg.models is None:
+        raise UsageError("refresh needs models.teacher and models.student in the config")
+    held = cfg.refresh.heldout
+    if held and not Path(held).exists() and not glob.glob(held):
+        raise UsageError(f"--heldout {held!r} does not exist; give held-out prompts (a Parquet "
+                         "file, glob or folder, or a dataset folder)")
+    return base_pool(cfg)
+
+
 def base_pool(cfg: RunConfig) -> Path:
     """The base run's stage-4 input folder, after checking stages 1-5 are complete (one
     line saying what to run otherwise)."""
@@ -218,7 +228,7 @@ def train_round(cfg: RunConfig, top: Path, r: int, console: Console) -> dict[str
     kept = Manifest.read(prev / "05-filter")
     if kept is None or kept.rows == 0:
         raise RunError(f"round {r - 1} kept no prompts ({prev / '05-filter'}): nothing to train "
-                       "round {r} on; lower filter.threshold or use fewer rounds")
+                       f"round {r} on; lower filter.threshold or use fewer rounds")
     init = latest_checkpoint(prev / "opd") if r > 1 else None
     opd = dataclasses.replace(
         train_config(cfg), data=str(prev / "05-filter" / "shard-*.parquet"),
@@ -272,23 +282,17 @@ def heldout_accuracy(cfg: RunConfig, model: str) -> dict[str, Any]:
     r = cfg.refresh
     ecfg = EvalConfig(max_tokens=cfg.sampling.max_tokens, instruction=cfg.sampling.instruction,
                       match_mode=cfg.mine.grading, limit=r.heldout_n, batch_size=32)
+    t0 = time.perf_counter()
     rows = list(load_prompts(r.heldout, split=r.heldout_split))
-    with build_engine(EngineConfig(engine="transformers", model=model, batch_size=32,
-                                   device=cfg.models.student.device)) as engine:
-        s = evaluate(engine_generator(engine, ecfg), rows, ecfg).summary()
+    s = evaluate_model(model, rows, ecfg, device=cfg.models.student.device).summary()
     return {"data": r.heldout, "n": s["n"], "overall": s["overall"], "by_skill": s["by_skill"],
-            "no_answer": s["no_answer"]}
+            "no_answer": s["no_answer"], "seconds": round(time.perf_counter() - t0, 1)}
 
 
 # --- the loop -------------------------------------------------------------------------------
 def run_refresh(cfg: RunConfig, console: Console, recompute: bool = False) -> dict[str, Any]:
     """Round 0, then rounds 1..refresh.rounds (resumable); returns the refresh state."""
-    if cfg.models is None:
-        raise UsageError("refresh needs models.teacher and models.student in the config")
-    if cfg.refresh.heldout and not Path(cfg.refresh.heldout).exists() and "/" not in cfg.refresh.heldout:
-        raise UsageError(f"--heldout {cfg.refresh.heldout!r} does not exist; give held-out "
-                         "prompts (a Parquet file/folder or a dataset folder)")
-    pool_dir = base_pool(cfg)
+    pool_dir = check(cfg)
     top = refresh_dir(cfg)
     want = settings(cfg, pool_dir)
     state_path = top / STATE
@@ -395,12 +399,6 @@ def plot_rounds(rounds: list[dict[str, Any]]):
         ax.set_ylim(0, 1)
         ax.set_title(title)
     return fig
-
-
-def round_table(top: Path, r: int) -> pa.Table:
-    """A round's kept rows (05-filter), e.g. to compare two refreshes."""
-    folder = top / ROUND.format(r) / "05-filter"
-    return pa.concat_tables([shards.read_shard(folder, i) for i in shards.complete_shards(folder)])
 
 
 def folder_config(cfg: RunConfig) -> RunConfig:

@@ -147,6 +147,8 @@ def _cases():
         ("refresh-no-base-run", ["refresh", "--config", "{cfg}", "run.name=never-run"], "no base run"),
         ("refresh-unfinished-base", ["refresh", "--config", "{cfg}", "run.name=r1",
                                      "run.root={root}/run-dirs"], "stages 1-5 are complete"),
+        ("refresh-no-heldout", ["refresh", "--config", "{cfg}", "--heldout", "{root}/nowhere"],
+         "does not exist"),
         ("refresh-rounds-0", ["refresh", "--config", "{cfg}", "--rounds", "0"], "refresh.rounds must be >= 1"),
         ("refresh-steps-0", ["refresh", "--config", "{cfg}", "--steps", "0"], "refresh.steps must be >= 1"),
         ("refresh-rounds-text", ["refresh", "--config", "{cfg}", "--rounds", "many"], "invalid int value"),
