@@ -117,6 +117,13 @@ def static_arm(a, seed: int, round0: Path, evaluate) -> dict[str, Any]:
     return result
 
 
+def paired(a: list[float], b: list[float]) -> dict[str, float]:
+    """paired_t, or only the mean difference when there is one seed (a smoke run)."""
+    if len(a) > 1:
+        return paired_t(a, b)
+    return {"diff": float(np.mean(a) - np.mean(b)), "t": float("nan"), "df": 0, "p": float("nan")}
+
+
 def stats(refresh: dict[int, dict], static: dict[int, dict], rounds: int) -> dict[str, Any]:
     """Paired over seeds: refresh round r vs static step r*K, overall and per skill."""
     seeds = sorted(refresh)
@@ -126,12 +133,12 @@ def stats(refresh: dict[int, dict], static: dict[int, dict], rounds: int) -> dic
         sta = [static[s]["heldout"][str(r)] for s in seeds]
         row = {"refresh": float(np.mean([x["overall"] for x in ref])),
                "static": float(np.mean([x["overall"] for x in sta])),
-               "test": paired_t([x["overall"] for x in ref], [x["overall"] for x in sta]),
+               "test": paired([x["overall"] for x in ref], [x["overall"] for x in sta]),
                "by_skill": {}}
         for k in sorted(ref[0]["by_skill"]):
             a_, b_ = [x["by_skill"][k] for x in ref], [x["by_skill"][k] for x in sta]
             row["by_skill"][k] = {"refresh": float(np.mean(a_)), "static": float(np.mean(b_)),
-                                  "test": paired_t(a_, b_)}
+                                  "test": paired(a_, b_)}
         out[str(r)] = row
     return out
 
@@ -151,7 +158,8 @@ def write_results(a, meta, round0, refresh, static, comparison) -> None:
              meta["base_command"], *[shlex.join(refresh_argv(a, s)).replace(sys.executable, "python")
                                      for s in seeds],
              meta["command"], "```", "",
-             f"Machine: {meta['machine']}; {meta['seconds']:.0f} s in all. Pool: the base run's stage-4 "
+             f"Machine: {meta['machine']}; {meta['seconds']:.0f} s for this invocation (parts "
+             "done by an earlier, resumed invocation not counted; per-arm seconds below). Pool: the base run's stage-4 "
              f"input ({round0['pool']} prompts: {a.seeds} chart-world seeds + the programmatic rewriter's "
              f"prompts), configs/teach.yaml otherwise. Held-out: the first {a.heldout_n} questions of "
              f"{a.heldout} (`python -m seeds.chartworld --out {a.heldout} --n {a.heldout_n} --seed 2`), "
@@ -266,13 +274,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seed {seed}: refresh {refresh[seed]['rounds'][a.rounds]['heldout']['overall']:.3f}, "
               f"static {static[seed]['heldout'][str(a.rounds)]['overall']:.3f} ({time.time() - t:.0f} s)",
               flush=True)
-    round0 = refresh[a.train_seeds[0]]["rounds"][0]
-    comparison = stats(refresh, static, a.rounds)
-    meta = {"command": "python -m benchmarks.refresh " + shlex.join(sys.argv[1:] if argv is None else argv),
-            "base_command": shlex.join(base_cmd), "config": vars(a),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, 2 CPU cores",
-            "seconds": round(time.time() - t0, 1)}
-    write_results(a, meta, round0, refresh, static, comparison)
+        # Results after every seed: a run stopped early still leaves the seeds it finished.
+        meta = {"command": "python -m benchmarks.refresh " + shlex.join(sys.argv[1:] if argv is None else argv),
+                "base_command": shlex.join(base_cmd), "config": vars(a), "seeds_done": sorted(refresh),
+                "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, 2 CPU cores",
+                "seconds": round(time.time() - t0, 1)}
+        write_results(a, meta, refresh[a.train_seeds[0]]["rounds"][0], refresh, static,
+                      stats(refresh, static, a.rounds))
     print(f"wrote {a.results}.md, .json, .png", flush=True)
     return 0
 

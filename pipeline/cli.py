@@ -390,16 +390,20 @@ def build_parser() -> argparse.ArgumentParser:
         "refresh", formatter_class=argparse.RawDescriptionHelpFormatter,
         help="Δ against the student being trained: rounds of OPD on the current high-Δ set, "
         "then the pool's Δ re-measured with the new checkpoint as the student, then re-filtered",
-        description="Starts from a run whose stages 1-5 are complete (the same --config). Round "
-        "0 measures the whole pool (the run's stage-4 input: seeds + synthesised) against the "
-        "run's student; round r trains OPD for --steps more steps on round r-1's kept set "
-        "(continuing its optimizer), makes that checkpoint the student, mines the pool with it "
-        "(student samples only), measures Δ with the teacher served from the sample store, "
-        "and filters. One run folder per round in <run.root>/<refresh.name>/round-NN/; "
-        "refresh.json, refresh.md and refresh.png there hold the per-round zero-delta fraction "
-        "(overall, per skill), kept prompts, samples drawn vs served and held-out accuracy. "
-        "Rerunning the same command resumes; --rounds may grow. The flags set the config's "
-        "refresh.* keys (refresh.train: OPD overrides, refresh.full_n, refresh.seed, ...).",
+        description=(
+            "Δ against the student being trained. Starts from a run whose stages 1-5 are\n"
+            "complete (the same --config and overrides). Round 0 measures the whole pool (the\n"
+            "run's stage-4 input: seeds + synthesised) against the run's student. Round r\n"
+            "trains OPD for --steps more steps on round r-1's kept set (continuing its\n"
+            "optimizer), makes that checkpoint the student, mines the pool with it (student\n"
+            "samples only), measures Δ with the teacher served from the sample store, filters.\n\n"
+            "One run folder per round: <run.root>/<refresh.name>/round-NN/ (01-pool, 02-mine,\n"
+            "04-delta, 05-filter, opd/). refresh.json, refresh.md and refresh.png there hold,\n"
+            "per round, the pool's zero-delta fraction (overall, per skill), the kept prompts,\n"
+            "samples drawn vs served and held-out accuracy. Rerunning the same command resumes\n"
+            "(--rounds may grow); other settings are refused unless --recompute. The flags set\n"
+            "the config's refresh.* keys; refresh.train holds OPD overrides, refresh.full_n\n"
+            "(default true) measures every round at full n so the teacher is sampled once."),
         epilog="example:\n  deltaprompts refresh --config configs/teach.yaml --rounds 3 --steps 8 "
         "\\\n      --heldout data/chartworld-heldout refresh.train='{lr: 3.0e-4, loss: gjsd}'")
     _add_config_args(p)
