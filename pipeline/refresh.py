@@ -254,15 +254,14 @@ def _samples(run_dir: Path) -> dict[str, int]:
     return out
 
 
-def measure_round(rcfg: RunConfig, pool_dir: Path, recompute: bool, console: Console) -> dict[str, Any]:
+def measure_round(rcfg: RunConfig, pool_dir: Path, console: Console) -> dict[str, Any]:
     """Stages pool, mine, delta, filter in the round's folder (resumable); their figures."""
     t0 = time.perf_counter()
 
     def said(stage, man):
         console.say(f"  {stage.dirname}: {man.rows} rows, {man.seconds:.1f}s")
 
-    run_stages(rcfg, ROUND_STAGES, round_registry(pool_dir), recompute=recompute,
-               progress=console.err, on_done=said, log_path=console.log_path)
+    run_stages(rcfg, ROUND_STAGES, round_registry(pool_dir), progress=console.err, on_done=said, log_path=console.log_path)
     run_dir = rcfg.run_dir
     summary = json.loads((run_dir / "04-delta" / "delta_summary.json").read_text())
     kept = json.loads((run_dir / "05-filter" / "filter_report.json").read_text())
@@ -297,34 +296,36 @@ def run_refresh(cfg: RunConfig, console: Console, recompute: bool = False) -> di
     want = settings(cfg, pool_dir)
     state_path = top / STATE
     state = read_state(state_path)
-    if state is not None and state.get("settings") != want:
+    if state is not None and state.get("settings") != want and not recompute:
         changed = _differences(state.get("settings") or {}, want)
-        if not recompute:
-            raise RunError(f"refresh {top} was made with other settings ({', '.join(changed)}); "
-                           "rerun with --recompute to redo it, or set refresh.name to start another")
+        raise RunError(f"refresh {top} was made with other settings ({', '.join(changed)}); "
+                       "rerun with --recompute to redo it, or set refresh.name to start another")
+    if recompute:  # start over: the round folders (runs and checkpoints) of this refresh go
         for folder in sorted(top.glob("round-[0-9][0-9]")):
             _remove_round(folder, top)
         state = None
-    if state is None or recompute:
+    if state is None:
         state = {"settings": want, "base_run": str(cfg.run_dir), "rounds": []}
     rounds: list[dict[str, Any]] = state["rounds"]
+    held = {"data": cfg.refresh.heldout, "limit": cfg.refresh.heldout_n}
     for r in range(cfg.refresh.rounds + 1):
         rec = rounds[r] if r < len(rounds) else {"round": r}
         if r == len(rounds):
             rounds.append(rec)
-        if not rec.get("complete") or recompute:
+        if not rec.get("complete"):
             if r == 0:
                 rec.update(student=cfg.models.student.model, steps=0, train_s=0.0)
-            elif not rec.get("trained") or recompute:
+            elif not rec.get("trained"):
                 rec.update(train_round(cfg, top, r, console), trained=True)
                 write_json(state_path, state)
             rcfg = round_config(cfg, top, r, rec["student"])
             rec["student_id"] = model_identity(rcfg.models.student)
             console.say(f"round {r}: Δ of the pool against {rec['student']}")
-            rec.update(measure_round(rcfg, pool_dir, recompute, console), complete=True)
+            rec.update(measure_round(rcfg, pool_dir, console), complete=True)
             write_json(state_path, state)
-        if cfg.refresh.heldout and (rec.get("heldout") or {}).get("data") != cfg.refresh.heldout:
-            rec["heldout"] = heldout_accuracy(cfg, rec["student"])
+        # Scored once per held-out set; another set (or none) later scores it again.
+        if held["data"] and {k: (rec.get("heldout") or {}).get(k) for k in held} != held:
+            rec["heldout"] = {**heldout_accuracy(cfg, rec["student"]), "limit": held["limit"]}
             write_json(state_path, state)
         console.say(round_line(rec))
     write_json(state_path, state)

@@ -157,3 +157,28 @@ def test_a_refresh_killed_after_round_1_resumes_to_the_same_rows(base, two_round
     assert _refresh(base, "killed", 2, "refresh.seed=5") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "other settings (refresh.seed" in err[0] and "--recompute" in err[0]
+    # --recompute redoes it with the new seed: the round folders are made again.
+    assert _refresh(base, "killed", 1, "refresh.seed=5", "--recompute") == 0
+    redone = _state(base, "killed")["rounds"]
+    assert [r["round"] for r in redone] == [0, 1] and redone[0]["student_id"] == two_rounds["rounds"][0]["student_id"]
+    assert redone[1]["student_id"] != two_rounds["rounds"][1]["student_id"]
+    assert not (base["root"] / "runs" / "killed" / "round-02").exists()
+
+
+def test_full_n_measures_every_round_at_full_n_without_the_skip(tmp_path):
+    """refresh.full_n (default): the round runs ask the teacher for all n samples of every
+    prompt, so the store serves every later round; off: the run's own delta policy."""
+    from pipeline.core.config import config_from_dict
+    from pipeline.refresh import round_config
+
+    raw = {"run": {"name": "b", "root": str(tmp_path)},
+           "models": {"teacher": {"model": str(REPO / "models/chartworld/teacher")},
+                      "student": {"model": str(REPO / "models/chartworld/student")}},
+           "rewrite": {"enabled": True}, "delta": {"adaptive": True, "skip_solved": 1.0}}
+    cfg = config_from_dict(raw)
+    r1 = round_config(cfg, tmp_path / "b-refresh", 1, str(REPO / "models/chartworld/teacher"))
+    assert (r1.delta.adaptive, r1.delta.skip_solved, r1.rewrite.enabled) == (False, None, False)
+    assert r1.run_dir == tmp_path / "b-refresh" / "round-01"
+    assert r1.models.student.model == str(REPO / "models/chartworld/teacher")
+    own = round_config(config_from_dict(raw, ["refresh.full_n=false"]), tmp_path / "x", 2, cfg.models.student.model)
+    assert (own.delta.adaptive, own.delta.skip_solved) == (True, 1.0)
