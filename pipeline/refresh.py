@@ -120,6 +120,7 @@ def check(cfg: RunConfig) -> Path:
     if held and not Path(held).exists() and not glob.glob(held):
         raise UsageError(f"--heldout {held!r} does not exist; give held-out prompts (a Parquet "
                          "file, glob or folder, or a dataset folder)")
+    train_config(cfg)  # its file and values, checked now rather than after round 0
     return base_pool(cfg)
 
 
@@ -261,7 +262,8 @@ def measure_round(rcfg: RunConfig, pool_dir: Path, console: Console) -> dict[str
     def said(stage, man):
         console.say(f"  {stage.dirname}: {man.rows} rows, {man.seconds:.1f}s")
 
-    run_stages(rcfg, ROUND_STAGES, round_registry(pool_dir), progress=console.err, on_done=said, log_path=console.log_path)
+    run_stages(rcfg, ROUND_STAGES, round_registry(pool_dir), progress=console.err, on_done=said,
+               log_path=console.log_path)
     run_dir = rcfg.run_dir
     summary = json.loads((run_dir / "04-delta" / "delta_summary.json").read_text())
     kept = json.loads((run_dir / "05-filter" / "filter_report.json").read_text())

@@ -416,7 +416,7 @@ class RefreshConfig:
     # from the sample store. false: the run's delta policy (adaptive, skip), which draws
     # more teacher samples in a later round wherever the new student needs them.
     full_n: bool = True
-    # Held-out prompts (Parquet file/glob, dataset folder, Hub id) to score each round's
+    # Held-out prompts (local: Parquet file/glob/folder, dataset folder) to score each round's
     # student on, greedy, graded with mine.grading; None: no held-out accuracy.
     heldout: str | None = None
     heldout_n: int | None = bounded(None, ge=1)  # the first n rows with gold

@@ -149,6 +149,8 @@ def _cases():
                                      "run.root={root}/run-dirs"], "stages 1-5 are complete"),
         ("refresh-no-heldout", ["refresh", "--config", "{cfg}", "--heldout", "{root}/nowhere"],
          "does not exist"),
+        ("refresh-no-train-config", ["refresh", "--config", "{cfg}", "--train-config", "{root}/nope.yaml"],
+         "does not exist"),
         ("refresh-rounds-0", ["refresh", "--config", "{cfg}", "--rounds", "0"], "refresh.rounds must be >= 1"),
         ("refresh-steps-0", ["refresh", "--config", "{cfg}", "--steps", "0"], "refresh.steps must be >= 1"),
         ("refresh-rounds-text", ["refresh", "--config", "{cfg}", "--rounds", "many"], "invalid int value"),
