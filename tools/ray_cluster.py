@@ -5,7 +5,13 @@
     python -m tools.ray_cluster down --dir runs/.cluster
     python -m tools.ray_cluster status --dir runs/.cluster
 
-`up` prints the address to export (``RAY_ADDRESS=127.0.0.1:PORT``) and records every
+The cluster keeps Ray's token authentication, as a real one should: its nodes and its
+drivers run with ``RAY_AUTH_MODE=token`` and share the token Ray keeps in
+``~/.ray/auth_token`` (made by ``ray get-auth-token --generate`` when missing; a local
+``ray.init()`` makes and uses the same file). A driver in token mode cannot talk to a
+cluster without it, and a process that once started a local Ray is in token mode for good.
+
+`up` prints what to export (``RAY_ADDRESS=127.0.0.1:PORT RAY_AUTH_MODE=token``) and records every
 node's process in ``<dir>/cluster.json``; `down` ends exactly those processes and their
 children, by id. It never runs `ray stop`, which would end every Ray process of this user
 on the machine (other people's clusters too).
@@ -47,9 +53,24 @@ HEALTH_CHECK_ENV = {
     "RAY_health_check_failure_threshold": "4",
 }
 
+# What every node and driver of the cluster runs with (see the module's docstring).
+DRIVER_ENV = {"RAY_AUTH_MODE": "token"}
+
 
 class ClusterError(RuntimeError):
     pass
+
+
+def ensure_auth_token(timeout_s: float) -> None:
+    """Ray's own command makes ``~/.ray/auth_token`` if there is none (it prints the token:
+    kept off the terminal)."""
+    try:
+        out = subprocess.run([RAY, "get-auth-token", "--generate"], capture_output=True,
+                             text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"`ray get-auth-token --generate` did not answer in {timeout_s:.0f} s") from None
+    if out.returncode != 0:
+        raise ClusterError(f"`ray get-auth-token --generate` failed: {out.stderr.strip()[-500:]}")
 
 
 def free_port() -> int:
@@ -89,6 +110,7 @@ class Cluster:
         port = free_port()
         c = cls(address=f"127.0.0.1:{port}", temp_dir=tmp)
         try:
+            ensure_auth_token(start_timeout_s)
             c._start_node("head", ["--head", f"--port={port}", "--include-dashboard=false",
                                    f"--ray-client-server-port={free_port()}"],
                           head_cpus, 0, {"head": 1}, object_store_mb, start_timeout_s)
@@ -121,11 +143,7 @@ class Cluster:
                "--disable-usage-stats"]
         if "--head" in role_args:
             cmd.append(f"--temp-dir={self.temp_dir}")
-        # A try-out cluster on one machine: no token authentication, so a driver needs
-        # only RAY_ADDRESS (a real cluster keeps Ray's default token auth; its drivers set
-        # RAY_AUTH_MODE=token and find the token as Ray's docs say).
-        env = {**os.environ, **HEALTH_CHECK_ENV, "RAY_USAGE_STATS_ENABLED": "0",
-               "RAY_AUTH_MODE": "disabled"}
+        env = {**os.environ, **HEALTH_CHECK_ENV, **DRIVER_ENV, "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("RAY_ADDRESS", None)
         with open(log, "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
@@ -159,8 +177,8 @@ class Cluster:
                 "for k in n['Resources']})))\n")
         try:
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                 timeout=60, env={k: v for k, v in os.environ.items()
-                                                  if k != "RAY_ADDRESS"})
+                                 timeout=60, env={**{k: v for k, v in os.environ.items()
+                                                     if k != "RAY_ADDRESS"}, **DRIVER_ENV})
         except subprocess.TimeoutExpired:
             return set()
         if out.returncode != 0:
@@ -278,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                           object_store_mb=args.object_store_mb)
         c.save(folder)
         print(f"ray cluster up: head + {args.workers} worker node(s); logs in {c.temp_dir}")
-        print(f"export RAY_ADDRESS={c.address}")
+        print(f"export RAY_ADDRESS={c.address} RAY_AUTH_MODE=token")
         return 0
     try:
         c = Cluster.load(folder)
@@ -289,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in c.nodes:
             state = "up" if psutil.pid_exists(n.pid) else "gone"
             print(f"{n.name:<8} {state:<5} pid {n.pid}  cpus {n.cpus}  gpus {n.gpus}  {n.log}")
-        print(f"RAY_ADDRESS={c.address}")
+        print(f"RAY_ADDRESS={c.address} RAY_AUTH_MODE=token")
         return 0
     c.stop()
     shutil.rmtree(c.temp_dir, ignore_errors=True)

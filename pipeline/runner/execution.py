@@ -164,9 +164,14 @@ def check_placeable(stage: Stage, res: Resources) -> None:
 def init_ray(cfg, log_to_driver: bool = True) -> None:
     """Start (or join) Ray once per process. ``log_to_driver=False`` (quiet runs) keeps
     the workers' output off the terminal; they write it to the run's log file."""
-    if ray.is_initialized():
-        return
     address = cfg.execution.ray_address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        if not address or _connected_to(address):
+            return
+        # Connected elsewhere (an earlier run in this process started a local Ray): the
+        # config names a cluster, so leave that one rather than run on the wrong Ray.
+        log.info("leaving Ray at %s to join %s", ray.get_runtime_context().gcs_address, address)
+        ray.shutdown()
     if address:
         check_reachable(address)
         ray.init(address=address, log_to_driver=log_to_driver)
@@ -179,6 +184,25 @@ def init_ray(cfg, log_to_driver: bool = True) -> None:
         object_store_memory=512 * 1024 * 1024,
         runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(_import_paths())}},
     )
+
+
+def _connected_to(address: str) -> bool:
+    """Whether this process's Ray is the cluster at ``address`` (host:port). An address we
+    cannot compare ("auto", ray://...) counts as the one we are on."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return True
+    gcs_host, _, gcs_port = ray.get_runtime_context().gcs_address.rpartition(":")
+    return gcs_port == port and _same_host(host, gcs_host)
+
+
+def _same_host(a: str, b: str) -> bool:
+    try:
+        ips = [socket.gethostbyname(h) for h in (a, b)]
+    except OSError:
+        return a == b
+    local = {"127.0.0.1", socket.gethostbyname(socket.gethostname())}
+    return ips[0] == ips[1] or (ips[0] in local and ips[1] in local)
 
 
 def check_reachable(address: str, timeout_s: float = 10.0) -> None:

@@ -39,7 +39,7 @@ from seeds.chartworld.writer import write_seed_set
 from stages import REGISTRY
 from tests.stages_for_tests import CountingStage, DoublingStage, PlacementProbeStage
 from tools.compare_runs import stage_table
-from tools.ray_cluster import Cluster, ClusterError
+from tools.ray_cluster import DRIVER_ENV, Cluster, ClusterError
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -50,9 +50,14 @@ STAGES = ("01-ingest", "02-mine", "04-delta", "05-filter", "06-assemble")
 
 @pytest.fixture(scope="module")
 def cluster():
+    # The drivers' side of the cluster's token auth (this process and the CLI it starts).
+    mp = pytest.MonkeyPatch()
+    for key, value in DRIVER_ENV.items():
+        mp.setenv(key, value)
     try:
         c = Cluster.start(workers=2, cpus=1, object_store_mb=200, start_timeout_s=120)
     except ClusterError as e:
+        mp.undo()
         pytest.skip(f"Ray cannot start a multi-node cluster on this machine: {e}")
     try:
         yield c
@@ -60,6 +65,7 @@ def cluster():
         ray.shutdown()
         c.stop()
         shutil.rmtree(c.temp_dir, ignore_errors=True)
+        mp.undo()
 
 
 def _config(root: Path, name: str, backend: str, **over) -> dict:
@@ -109,6 +115,10 @@ def runs(cluster, tmp_path_factory):
 
     on_cluster = config_from_dict(_config(root, "cluster", "ray",
                                           execution={"ray_address": cluster.address}))
+    # This process already runs a local Ray (as after any earlier run in it): a config that
+    # names the cluster must still run there, not on the Ray it happens to be connected to.
+    if not ray.is_initialized():
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         run_stages(on_cluster, REGISTRY.numbers, REGISTRY, progress=False)
         names = _node_names()
