@@ -50,14 +50,12 @@ STAGES = ("01-ingest", "02-mine", "04-delta", "05-filter", "06-assemble")
 
 @pytest.fixture(scope="module")
 def cluster():
-    # The drivers' side of the cluster's token auth (this process and the CLI it starts).
-    mp = pytest.MonkeyPatch()
-    for key, value in DRIVER_ENV.items():
-        mp.setenv(key, value)
+    # The drivers' side of the cluster's token auth: this process and the CLI it starts
+    # (tests/conftest.py sets it before Ray is imported: Ray reads it once per process).
+    assert all(os.environ.get(k) == v for k, v in DRIVER_ENV.items())
     try:
         c = Cluster.start(workers=2, cpus=1, object_store_mb=200, start_timeout_s=120)
     except ClusterError as e:
-        mp.undo()
         pytest.skip(f"Ray cannot start a multi-node cluster on this machine: {e}")
     try:
         yield c
@@ -65,7 +63,6 @@ def cluster():
         ray.shutdown()
         c.stop()
         shutil.rmtree(c.temp_dir, ignore_errors=True)
-        mp.undo()
 
 
 def _config(root: Path, name: str, backend: str, **over) -> dict:
