@@ -10,7 +10,7 @@ export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup demo test stage-1 stage-2 stage-3 stage-4 stage-5 stage-6 all status \
-        push train eval bench reproduce tiny-models toy-models rewriter-model lint
+        push train eval bench reproduce tiny-models toy-models rewriter-model lint cluster-up cluster-down
 
 setup:
 	@bash scripts/setup.sh $(VENV)
@@ -82,6 +82,16 @@ toy-models: setup
 REWRITER_MODEL ?= models/smollm2-135m-instruct
 rewriter-model: setup
 	$(PY) -m tools.rewriter_model --out $(REWRITER_MODEL) $(ARGS)
+
+# A real Ray cluster on this machine (a head and WORKERS worker nodes, each its own
+# `ray start`), to try runs with RAY_ADDRESS; `cluster-down` ends exactly its processes.
+CLUSTER_DIR ?= runs/.cluster
+WORKERS     ?= 2
+cluster-up: setup
+	$(PY) -m tools.ray_cluster up --dir $(CLUSTER_DIR) --workers $(WORKERS) $(ARGS)
+
+cluster-down: setup
+	$(PY) -m tools.ray_cluster down --dir $(CLUSTER_DIR)
 
 lint: setup
 	$(VENV)/bin/ruff check pipeline stages seeds trainer tools tests benchmarks

@@ -14,13 +14,24 @@ torch = lazy("torch")
 
 
 def engine_resources(*engine_cfgs: EngineConfig | None) -> Resources:
-    """One GPU per worker when a local-model engine runs on CUDA; CPU otherwise.
+    """The GPUs one worker of a model stage asks for: a vLLM engine's
+    ``tensor_parallel_size`` (engines of one worker share its GPUs, so the largest), 1 for
+    a transformers engine; none when every engine runs on the CPU (``device: cpu``) or is
+    an OpenAI-compatible server (no local accelerator).
 
-    An OpenAI-compatible engine needs no local accelerator, so it never reserves one.
+    ``device: auto`` wants GPUs where there are some: on this machine, or on the Ray
+    cluster the run joins (the driver itself may have none), so the executor drops the
+    request only when the cluster has no GPU at all. CPU stages never call this: their
+    workers reserve no GPU.
     """
     local = [c for c in engine_cfgs if c is not None and c.engine != "openai"]
-    wants_gpu = any(c.device not in ("cpu",) for c in local) and torch.cuda.is_available()
-    return Resources(cpus=1.0, gpus=1.0 if wants_gpu else 0.0)
+    on_gpu = [c for c in local if c.device != "cpu"]
+    if not on_gpu:
+        return Resources(cpus=1.0, gpus=0.0)
+    gpus = max(c.tensor_parallel_size if c.engine == "vllm" else 1 for c in on_gpu)
+    explicit = any(c.device.startswith("cuda") for c in on_gpu)
+    return Resources(cpus=1.0, gpus=float(gpus),
+                     gpus_if_available=not explicit and not torch.cuda.is_available())
 
 
 class LazyEngine:

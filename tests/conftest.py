@@ -11,6 +11,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Ray's token authentication, on from the start: Ray reads the mode once per process, a
+# local ray.init() turns it on for the rest of the process anyway, and the multi-node
+# cluster of tests/runner/test_cluster.py runs with it (tools/ray_cluster.py).
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 import pytest  # noqa: E402
 

@@ -18,6 +18,7 @@ from pipeline.core.errors import DataError
 from pipeline.core.schema import make_prompt_row, rows_to_table
 from pipeline.runner.run import run_lock, run_stage, run_stages
 from pipeline.runner.stage import ShardOutput, ShardTask, Stage, StageRegistry
+from stages.common import engine_resources
 
 EXTRA = [pa.field("value", pa.int64())]
 
@@ -140,6 +141,24 @@ class LeakingStage(DetachingStage):
         child.wait()
         row = make_prompt_row(source="leak", question=name, image_bytes=None)
         return ShardOutput(rows_to_table([row]))
+
+
+class PlacementProbeStage(CountingStage):
+    """A model stage's placement without its model: it asks for exactly what
+    ``engine_resources`` says the student engine needs, and each shard reports the
+    ``CUDA_VISIBLE_DEVICES`` its worker sees (no engine is loaded: GPUs are only declared)."""
+
+    uses_models = True
+
+    def resources(self, cfg):
+        return engine_resources(cfg.models.student)
+
+    def process(self, cfg, state, task, table):
+        time.sleep(self.sleep)
+        row = make_prompt_row(source="probe", question=f"shard {task.index}", image_bytes=None)
+        row["value"] = task.index
+        out = rows_to_table([row], EXTRA)
+        return ShardOutput(out, stats={"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")})
 
 
 def run_counting(root: str, name: str, backend: str, sleep: float) -> None:

@@ -247,6 +247,14 @@ class RunSection:
         if not self.root.strip():
             raise ConfigError("run.root is empty: set it to the folder that holds run folders "
                               "(default: runs)")
+        scheme, sep, rest = self.root.partition("://")
+        if sep and scheme == "file":  # a shared mount named as a URI
+            self.root = rest if rest.startswith("/") else "/" + rest
+        elif sep:
+            raise ConfigError(
+                f"run.root {self.root!r}: run folders on an object store ({scheme}://) are not "
+                "supported yet; use a folder every node mounts at the same path (or file:///...) "
+                "with execution.worker_io=true (docs/SCALING.md)")
 
 
 def default_cache_dir() -> Path:
@@ -290,6 +298,16 @@ class ExecutionConfig:
     num_workers: int | None = bounded(None, ge=1)
     ray_address: str | None = None  # default: $RAY_ADDRESS, else a local Ray sized to the machine
     num_cpus: int | None = bounded(None, ge=1)  # local Ray only: CPUs to give it (default: all)
+    # A shard whose worker was lost (its node died, the worker was killed) runs again on a
+    # live worker up to this many times before it is reported failed (a rerun redoes it).
+    max_shard_retries: int = bounded(2, ge=0)
+    # How long a worker may wait for a node with the resources it asks for (a replacement
+    # after a node loss, a GPU worker on a busy cluster) before it is given up.
+    placement_timeout_s: float = bounded(300.0, gt=0)
+    # Shared storage: each worker reads its input shards and writes its output shard itself,
+    # so shard bytes never pass through the driver. run.root must be a folder every node
+    # sees at the same path (a shared mount; a file:// URI names one).
+    worker_io: bool = False
 
     def __post_init__(self) -> None:
         check_ranges(self, "execution")

@@ -105,6 +105,8 @@ class ShardMarker:
     # manifest can be rebuilt from its markers without trusting the current config.
     config_hash: str = ""
     input_hash: str = ""
+    # Where it was made: the Ray node id, worker pid, the GPUs Ray gave the worker, tries.
+    worker: dict[str, Any] = field(default_factory=dict)
 
 
 def write_shard(stage_dir: Path, marker: ShardMarker, table: pa.Table,
@@ -113,10 +115,25 @@ def write_shard(stage_dir: Path, marker: ShardMarker, table: pa.Table,
     file's real hash and row count. ``skipped_rows`` None keeps the shard's skipped file."""
     if skipped_rows is not None:
         atomic_write_bytes(skipped_path(stage_dir, marker.index), jsonl_bytes(skipped_rows))
-    path = stage_dir / f"{shard_name(marker.index)}.parquet"
+    written = write_shard_file(stage_dir, marker.index, table)
+    marker.sha256, marker.rows = written["sha256"], written["rows"]
+    return mark_written(stage_dir, marker)
+
+
+def write_shard_file(stage_dir: Path, index: int, table: pa.Table) -> dict[str, Any]:
+    """Only the shard's Parquet file (atomic): its sha256 and rows. A worker on shared
+    storage calls this itself; the driver then writes the marker (``mark_written``)."""
+    path = stage_dir / f"{shard_name(index)}.parquet"
     atomic_write_table(path, table)
-    marker.sha256 = file_sha256(path)
-    marker.rows = table.num_rows
+    return {"sha256": file_sha256(path), "rows": table.num_rows}
+
+
+def mark_written(stage_dir: Path, marker: ShardMarker,
+                 skipped_rows: list[dict[str, Any]] | None = None) -> ShardMarker:
+    """The skipped rows, then the marker of a shard file already written (its hash and rows
+    in ``marker``): the shard counts as complete from here on."""
+    if skipped_rows is not None:
+        atomic_write_bytes(skipped_path(stage_dir, marker.index), jsonl_bytes(skipped_rows))
     atomic_write_json(stage_dir / f"{shard_name(marker.index)}.done", asdict(marker))
     return marker
 

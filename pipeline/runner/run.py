@@ -49,7 +49,7 @@ from pipeline.core import shards
 from pipeline.core.config import RunConfig
 from pipeline.core.errors import ManifestError, RunError, one_line
 from pipeline.core.safe_delete import DeleteGuard
-from pipeline.runner.execution import TaskFailure, execute
+from pipeline.runner.execution import TaskFailure, WorkerIO, execute
 from pipeline.runner.leftovers import ProcessRecorder, clean_after_crash
 from pipeline.runner.stage import ShardTask, Stage, StageRegistry
 
@@ -207,6 +207,9 @@ class Manifest:
     # rows (the dataset card shows these, not whatever the config says today).
     config: dict[str, Any] = field(default_factory=dict)
     pid: int | None = None  # the process that ran (or runs) it: it holds the run lock meanwhile
+    # Shard bytes (Arrow buffers) that passed through the driver: sent to and received from
+    # workers, and read back by finalize (docs/SCALING.md, benchmarks/results/cluster_io.md).
+    driver_bytes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def read(cls, stage_dir: Path) -> Manifest | None:
@@ -388,20 +391,25 @@ def run_stage(cfg: RunConfig, stage: Stage, registry: StageRegistry, *, recomput
     failures: list[TaskFailure] = []
     bar = _progress_bar(stage.dirname, len(tasks), len(tasks) - len(pending), progress)
     _show_totals(bar, man.shards)
-    for task, out, secs in execute(stage, cfg, pending, load,
-                                   str(log_path) if log_path else None):
+    io = (WorkerIO(str(upstream_dir) if upstream_dir else None, str(stage_dir))
+          if cfg.execution.worker_io else None)
+    for task, out, secs, where in execute(stage, cfg, pending, load,
+                                          str(log_path) if log_path else None, io):
         if isinstance(out, TaskFailure):
+            out.node = out.node or where.get("node", "")
             failures.append(out)
             log.error("%s shard %d failed: %s", stage.dirname, task.index, out.error)
         else:
-            marker = shards.write_shard(
-                stage_dir,
-                shards.ShardMarker(index=task.index, rows=0, sha256="", skipped=out.skipped,
-                                   seconds=round(secs, 3), stats=out.stats,
-                                   config_hash=config_hash, input_hash=input_hash),
-                out.table,
-                skipped_rows=out.skipped_rows or None,
-            )
+            marker = shards.ShardMarker(index=task.index, rows=0, sha256="", skipped=out.skipped,
+                                        seconds=round(secs, 3), stats=out.stats,
+                                        config_hash=config_hash, input_hash=input_hash,
+                                        worker=where)
+            if out.written is not None:  # the worker wrote the file (shared storage)
+                marker.sha256, marker.rows = out.written["sha256"], out.written["rows"]
+                marker = shards.mark_written(stage_dir, marker, out.skipped_rows or None)
+            else:
+                marker = shards.write_shard(stage_dir, marker, out.table,
+                                            skipped_rows=out.skipped_rows or None)
             man.shards[str(task.index)] = asdict(marker)
             man.write(stage_dir)  # progress is visible to `status` while running
             _show_totals(bar, man.shards)
@@ -416,6 +424,10 @@ def run_stage(cfg: RunConfig, stage: Stage, registry: StageRegistry, *, recomput
         man.write(stage_dir)
         raise stage_failed(stage.dirname, failures)
     tables = [shards.read_shard(stage_dir, t.index) for t in tasks]
+    moved = [m.get("worker", {}).get("driver_bytes", {}) for m in man.shards.values()]
+    man.driver_bytes = {"sent": sum(b.get("sent", 0) for b in moved),
+                        "received": sum(b.get("received", 0) for b in moved),
+                        "finalize_read": sum(t.nbytes for t in tables)}
     man.report = stage.finalize(cfg, stage_dir, tables) or {}
     # finalize may rewrite shards (ingest's cross-shard dedup): re-read their markers.
     man.shards = {str(t.index): asdict(shards.read_marker(stage_dir, t.index)) for t in tasks}

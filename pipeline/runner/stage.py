@@ -24,6 +24,9 @@ class Resources:
 
     cpus: float = 1.0
     gpus: float = 0.0
+    # True: the GPUs are wanted where the cluster has them (an engine on ``device: auto``);
+    # on a cluster without GPUs the worker runs on CPUs instead.
+    gpus_if_available: bool = False
 
 
 @dataclass
@@ -35,13 +38,16 @@ class ShardTask:
 
 @dataclass
 class ShardOutput:
-    table: pa.Table
+    table: pa.Table | None
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
     stats: dict[str, Any] = field(default_factory=dict)
     # The skipped rows themselves, {"id", "reason", "detail"} each (which file was missing,
     # what the engine said): the runner writes them beside the shard and merges them into
     # the stage's skipped.jsonl.
     skipped_rows: list[dict[str, Any]] = field(default_factory=list)
+    # Set by the executor when the worker wrote the shard file itself (shared storage,
+    # ``execution.worker_io``): its sha256 and rows; ``table`` is then None.
+    written: dict[str, Any] | None = None
 
 
 class Stage:
