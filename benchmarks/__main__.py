@@ -1,7 +1,8 @@
 """`make bench`: run the benchmarks; each writes its figures to benchmarks/results/.
 
     python -m benchmarks [adaptive] [engines] [engines448] [opd] [delta] [trl] [adaptive-real]
-                         [gpu] [store] [teacher_cost] [rewrite-llm] [cluster_io]  (default: all but the ones marked slow)
+                         [gpu] [store] [teacher_cost] [rewrite-llm] [cluster_io] [refresh]
+                         (default: all but the ones marked slow)
 
 Figures are for comparing later runs of the same command on the same machine; every
 results file names the machine and the exact command that made it.
@@ -40,9 +41,13 @@ BENCHES = {
     "rewrite-llm": ["benchmarks.rewrite_llm", "--seeds", "30"],
     # issue 19: shard bytes through the driver per 1,000 prompts (reads a finished run folder)
     "cluster_io": ["benchmarks.cluster_io", "--run", "runs/teach"],
+    # issue 16: refresh (Δ re-measured against the student being trained) vs static Δ at
+    # equal OPD steps, 5 training seeds, on a 300-seed chart-world pool (about 35 min)
+    "refresh": ["benchmarks.refresh", "--seeds", "300", "--train-seeds", "0", "1", "2", "3", "4",
+                "--rounds", "3", "--steps", "8"],
 }
 # Run only when named: they take many minutes (cluster_io: needs runs/teach, `make reproduce`).
-SLOW = {"teacher_cost", "rewrite-llm", "cluster_io"}
+SLOW = {"teacher_cost", "rewrite-llm", "cluster_io", "refresh"}
 
 
 def main(argv: list[str]) -> int:

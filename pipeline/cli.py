@@ -284,6 +284,20 @@ def cmd_train(args) -> int:
     return module.main(args.args) or 0
 
 
+def cmd_refresh(args) -> int:
+    """Rounds of OPD -> re-measured Δ -> re-filter from a completed run (pipeline/refresh.py,
+    loaded by name: it imports the trainer, and so torch)."""
+    flags = {"rounds": args.rounds, "steps": args.steps, "train_config": args.train_config,
+             "heldout": args.heldout, "heldout_n": args.heldout_n, "name": args.name}
+    words = [f"refresh.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    cfg = load_config(args.config, list(args.overrides) + words)
+    refresh = importlib.import_module("pipeline.refresh")
+    refresh.check(cfg)  # e.g. a missing or unfinished base run: one line, before any folder is made
+    with run_console(refresh.folder_config(cfg), args.verbose, "refresh", args.words) as console:
+        refresh.main_refresh(cfg, console, recompute=args.recompute)
+    return 0
+
+
 def cmd_eval(args) -> int:
     module = importlib.import_module("trainer.eval")
     return module.main(args.args) or 0
@@ -371,6 +385,40 @@ def build_parser() -> argparse.ArgumentParser:
                    help="; ".join(f"{k}: {v[1]}" for k, v in sorted(TRAINERS.items())))
     p.add_argument("args", nargs=argparse.REMAINDER, help="the trainer's own options")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "refresh", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="Δ against the student being trained: rounds of OPD on the current high-Δ set, "
+        "then the pool's Δ re-measured with the new checkpoint as the student, then re-filtered",
+        description=(
+            "Δ against the student being trained. Starts from a run whose stages 1-5 are\n"
+            "complete (the same --config and overrides). Round 0 measures the whole pool (the\n"
+            "run's stage-4 input: seeds + synthesised) against the run's student. Round r\n"
+            "trains OPD for --steps more steps on round r-1's kept set (continuing its\n"
+            "optimizer), makes that checkpoint the student, mines the pool with it (student\n"
+            "samples only), measures Δ with the teacher served from the sample store, filters.\n\n"
+            "One run folder per round: <run.root>/<refresh.name>/round-NN/ (01-pool, 02-mine,\n"
+            "04-delta, 05-filter, opd/). refresh.json, refresh.md and refresh.png there hold,\n"
+            "per round, the pool's zero-delta fraction (overall, per skill), the kept prompts,\n"
+            "samples drawn vs served and held-out accuracy. Rerunning the same command resumes\n"
+            "(--rounds may grow); other settings are refused unless --recompute. The flags set\n"
+            "the config's refresh.* keys; refresh.train holds OPD overrides, refresh.full_n\n"
+            "(default true) measures every round at full n so the teacher is sampled once."),
+        epilog="example:\n  deltaprompts refresh --config configs/teach.yaml --rounds 3 --steps 8 "
+        "\\\n      --heldout data/chartworld-heldout refresh.train='{lr: 3.0e-4, loss: gjsd}'")
+    _add_config_args(p)
+    p.add_argument("--rounds", type=int, help="training rounds after round 0 (refresh.rounds, default 3)")
+    p.add_argument("--steps", type=int, help="OPD optimizer steps per round (refresh.steps, default 10)")
+    p.add_argument("--train-config", help="OPD config YAML, its opd: section (refresh.train_config, "
+                   "default configs/opd.yaml); student, teacher, data, steps are set per round")
+    p.add_argument("--heldout", help="held-out prompts to score each round's student on "
+                   "(refresh.heldout; Parquet file/folder, dataset folder)")
+    p.add_argument("--heldout-n", type=int, help="score only the first N held-out rows with gold")
+    p.add_argument("--name", help="the refresh folder inside run.root (refresh.name, default "
+                   "<run.name>-refresh)")
+    p.add_argument("--recompute", action="store_true",
+                   help="redo a refresh made with other settings (its round folders are deleted)")
+    p.set_defaults(func=cmd_refresh)
 
     p = sub.add_parser("eval", help="accuracy of a model on a held-out prompt set, per skill/source "
                        "(`deltaprompts eval --help` lists options)", add_help=False)

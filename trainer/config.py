@@ -110,6 +110,11 @@ class OPDConfig(TrainConfig):
     num_prompts: int | None = None  # train on a seeded sample of this many prompts (equal-size arms)
     data_seed: int | None = None  # sample + order seed (None: seed)
     output_dir: str = "runs/opd"
+    # A checkpoint folder (``<output_dir>/checkpoints/step_N`` of an earlier run) to continue
+    # from when output_dir holds none: its weights, optimizer moments, RNG state, step and
+    # data position, with this config's data (a refresh round trains the previous round's
+    # optimizer on a new high-Δ set; steps counts from that checkpoint's step).
+    init_from: str | None = None
     # objective
     mode: Literal["opd", "va_opd"] = "opd"
     loss: Literal["reverse_kl", "gjsd"] = "reverse_kl"  # reverse_kl: sampled-token estimator

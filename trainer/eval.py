@@ -231,6 +231,15 @@ def model_generator(model, processor, cfg: EvalConfig | None = None) -> Generato
     return gen
 
 
+def evaluate_model(path: str, rows: list[dict[str, Any]], cfg: EvalConfig, engine: str = "transformers",
+                   device: str = "auto") -> EvalReport:
+    """One model folder (or Hub id) scored on ``rows`` through an engine, loaded and closed
+    here: what `deltaprompts eval` does per model, `refresh` per round, benchmarks per arm."""
+    with build_engine(EngineConfig(engine=engine, model=path, batch_size=cfg.batch_size,
+                                   device=device)) as eng:
+        return evaluate(engine_generator(eng, cfg), rows, cfg)
+
+
 # --- reporting -----------------------------------------------------------------------------
 def format_table(reports: dict[str, EvalReport], skills: Iterable[str] | None = None,
                  by: str = "skill") -> str:
@@ -344,8 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = list(load_prompts(a.data, split=a.split))
     reports: dict[str, EvalReport] = {}
     for name, path in models.items():
-        with build_engine(EngineConfig(engine=a.engine, model=path, batch_size=a.batch_size)) as engine:
-            reports[name] = evaluate(engine_generator(engine, cfg), rows, cfg)
+        reports[name] = evaluate_model(path, rows, cfg, engine=a.engine)
         print(name, json.dumps(reports[name].summary()), flush=True)
     print(format_table(reports))
     print(format_table(reports, by="source"))

@@ -60,6 +60,7 @@ from trainer.batching import IGNORE_INDEX, collate, encode_prompt, join
 from trainer.config import OPDConfig
 from trainer.data import BadPrompt, TrainPrompt, decode_prompt, load_prompts, select_prompts
 from trainer.loop import (
+    STATE_FILE,
     DataOrder,
     MetricsLog,
     TrainState,
@@ -158,6 +159,17 @@ class PromptRollouts:
     degraded_enc: dict[str, Any] | None = None  # teacher encoding of the degraded image (va_opd)
 
 
+def initial_checkpoint(cfg: OPDConfig) -> Path | None:
+    """``cfg.init_from`` as a complete checkpoint folder (None when unset)."""
+    if not cfg.init_from:
+        return None
+    path = Path(cfg.init_from)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"init_from {path} is not a complete checkpoint (no {STATE_FILE}); "
+                                "give a <output_dir>/checkpoints/step_N folder of an OPD run")
+    return path
+
+
 class OPDTrainer:
     def __init__(self, cfg: OPDConfig, eval_fn: Callable[[Any, Any, int], dict[str, Any]] | None = None):
         cfg.validate()
@@ -171,7 +183,8 @@ class OPDTrainer:
         self.metrics = MetricsLog(self.out)
 
         # Cheap checks first: processors load in a second, models may take minutes.
-        resume_from = resume_point(cfg)
+        # Our own latest checkpoint first (a killed run resumes), else init_from.
+        resume_from = resume_point(cfg) or initial_checkpoint(cfg)
         auto_processor = transformers.AutoProcessor
         self.processor = auto_processor.from_pretrained(str(resume_from) if resume_from else cfg.student)
         self.teacher_processor = auto_processor.from_pretrained(cfg.teacher)

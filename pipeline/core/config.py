@@ -415,6 +415,44 @@ class AssembleConfig:
 
 
 @dataclass
+class RefreshConfig:
+    """`deltaprompts refresh` (pipeline/refresh.py): rounds of OPD on the current high-Δ set,
+    the new checkpoint becoming the student, Δ of the whole pool re-measured against it."""
+
+    # The refresh folder inside run.root (one round-NN run folder per round inside it);
+    # None: "<run.name>-refresh".
+    name: str | None = None
+    rounds: int = bounded(3, ge=1)  # training rounds after round 0 (the base student's Δ)
+    steps: int = bounded(10, ge=1)  # OPD optimizer steps per round
+    train_config: str = "configs/opd.yaml"  # OPDConfig YAML (its opd: section)
+    # OPDConfig fields over train_config's (e.g. {lr: 3.0e-4, loss: gjsd}); refresh sets
+    # student, teacher, data, output_dir, steps, seed and instruction itself.
+    train: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0  # the OPD seed of every round (rollouts, data order)
+    # Every round measures Δ at full sampling.n with no student_solved skip, so the teacher
+    # draws its n samples per prompt once (round 0) and every later round is served them
+    # from the sample store. false: the run's delta policy (adaptive, skip), which draws
+    # more teacher samples in a later round wherever the new student needs them.
+    full_n: bool = True
+    # Held-out prompts (local: Parquet file/glob/folder, dataset folder) to score each round's
+    # student on, greedy, graded with mine.grading; None: no held-out accuracy.
+    heldout: str | None = None
+    heldout_n: int | None = bounded(None, ge=1)  # the first n rows with gold
+    heldout_split: str = "test"
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "refresh")
+        if self.name is not None and (problem := run_name_problem(self.name)):
+            raise ConfigError(f"refresh.name {self.name!r} {problem}: it names one folder "
+                              "inside run.root, e.g. refresh.name=demo-refresh")
+        reserved = {"student", "teacher", "data", "output_dir", "steps", "seed", "instruction",
+                    "init_from", "resume"}
+        if taken := sorted(reserved & set(self.train)):
+            raise ConfigError(f"refresh.train sets {taken}: refresh sets these itself "
+                              "(per round); use refresh.steps / refresh.seed")
+
+
+@dataclass
 class RunConfig:
     run: RunSection
     models: ModelsConfig | None = None
@@ -426,6 +464,7 @@ class RunConfig:
     delta: DeltaConfig = field(default_factory=DeltaConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     assemble: AssembleConfig = field(default_factory=AssembleConfig)
+    refresh: RefreshConfig = field(default_factory=RefreshConfig)
 
     def __post_init__(self) -> None:
         # The one check that spans two blocks: the first round cannot exceed the budget.

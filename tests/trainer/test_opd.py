@@ -370,3 +370,15 @@ def test_decode_prompt_reasons(toy_data):
     with pytest.raises(BadPrompt) as e:
         decode_prompt({"question": "  ", "image": good.image})
     assert e.value.reason == "empty_question"
+
+
+def test_init_from_must_be_a_complete_checkpoint(tmp_path):
+    from trainer.opd import initial_checkpoint
+
+    cfg = OPDConfig(student="s", teacher="t", data="d", init_from=str(tmp_path / "step_4"))
+    (tmp_path / "step_4").mkdir()
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        initial_checkpoint(cfg)
+    (tmp_path / "step_4" / "trainer_state.pt").write_bytes(b"x")
+    assert initial_checkpoint(cfg) == tmp_path / "step_4"
+    assert initial_checkpoint(OPDConfig(student="s", teacher="t", data="d")) is None
