@@ -35,6 +35,7 @@ from pipeline.core.errors import (
     one_line,
 )
 from pipeline.data.hub import PushError, PushRefusedError, push_dataset_folder
+from pipeline.refresh_state import ROUND, STATE, read_state, round_line
 from pipeline.report import write_report
 from pipeline.runner.run import (
     Manifest,
@@ -157,6 +158,8 @@ def _run_dir(run: str, root: str) -> Path:
 
 def cmd_status(args) -> int:
     run_dir = _run_dir(args.run, args.root)
+    if (run_dir / STATE).is_file():
+        return _refresh_status(run_dir, args.json)
     holder = lock_holder(run_dir)
     rows = [stage_status(run_dir, st) for st in REGISTRY]
     if args.json:
@@ -211,6 +214,35 @@ def cmd_audit(args) -> int:
         console.say(f"audit of {data}")
         console.say(summary_text(summary))
         console.say(f"summary: {out / 'audit.json'}; histogram: {out / 'delta_hist.png'}")
+    return 0
+
+
+def _refresh_status(top: Path, as_json: bool) -> int:
+    """A refresh folder: its rounds from refresh.json, then the stages of a round that has
+    started but not finished (each round folder is a run: `status --run <it>/round-NN`)."""
+    state = read_state(top / STATE) or {}
+    rounds = state.get("rounds", [])
+    if as_json:
+        print(json.dumps({"base_run": state.get("base_run"), "rounds": rounds}, indent=2))
+        return 0
+    asked = state.get("settings", {}).get("refresh", {})
+    print(f"refresh {top} of run {state.get('base_run')}: {sum(bool(r.get('complete')) for r in rounds)} "
+          f"round(s) measured, {asked.get('steps', '?')} OPD steps per round")
+    for rec in rounds:
+        if rec.get("complete"):
+            print(f"  {round_line(rec)}")
+            continue
+        folder = top / ROUND.format(rec["round"])
+        print(f"  round {rec['round']}: {'trained, ' if rec.get('trained') else ''}not measured yet "
+              f"({folder})")
+        for st in REGISTRY:
+            row = stage_status(folder, st)
+            if row["status"] not in ("not started", "disabled"):
+                print(f"    {row['stage']:<12} {row['status']:<9} shards "
+                      f"{row['shards_done']}/{row['shards_total']}, rows {row['rows']}")
+    holder = lock_holder(top)
+    if holder is not None:
+        print(f"  in progress: pid {holder} holds the refresh's lock")
     return 0
 
 

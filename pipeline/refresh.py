@@ -55,6 +55,7 @@ from pipeline.core.configschema import load_dataclass
 from pipeline.core.console import Console
 from pipeline.core.errors import RunError, UsageError
 from pipeline.core.reports import COLORS, figure, save_png, write_json, write_text
+from pipeline.refresh_state import ROUND, STATE, read_state, round_line
 from pipeline.runner.run import Manifest, run_lock, run_stages, stage_status
 from pipeline.runner.stage import ShardOutput, ShardTask, Stage, StageRegistry
 from pipeline.sampling.fingerprint import model_identity
@@ -70,8 +71,6 @@ from trainer.opd import OPDTrainer
 
 log = logging.getLogger(__name__)
 
-STATE = "refresh.json"
-ROUND = "round-{:02d}"
 # mine's columns: the pool carries the base student's, each round replaces them.
 MINED = tuple(MineStage.columns)
 # refresh.* keys that may change between reruns of one refresh: more rounds, another
@@ -179,16 +178,6 @@ def settings(cfg: RunConfig, pool_dir: Path) -> dict[str, Any]:
     parts["train"] = {k: v for k, v in dataclasses.asdict(train_config(cfg)).items()
                       if k not in ("progress", "num_threads", "device", "log_every")}
     return json.loads(json.dumps(parts, default=str))
-
-
-def read_state(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        raise RunError(f"{path} is unreadable; rerun with --recompute to start this refresh "
-                       "over, or choose another refresh.name") from None
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -333,16 +322,6 @@ def run_refresh(cfg: RunConfig, console: Console, recompute: bool = False) -> di
     write_json(state_path, state)
     write_report(top, state, cfg.refresh.rounds)
     return state
-
-
-def round_line(rec: dict[str, Any]) -> str:
-    s = rec.get("samples", {})
-    held = rec.get("heldout")
-    acc = f", held-out {held['overall']:.3f}" if held else ""
-    return (f"round {rec['round']}: zero-delta {rec['zero_delta_fraction']:.3f} of {rec['pool']}, "
-            f"kept {rec['kept']}{acc}; teacher drawn {s.get('teacher_drawn', 0)} served "
-            f"{s.get('teacher_served', 0)}, student drawn {s.get('student_drawn', 0)} served "
-            f"{s.get('student_served', 0)}")
 
 
 # --- the report -----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("trainer", ("trainer",)),
     ("tools", ("tools", "benchmarks")),
     ("entry", ("pipeline.cli", "pipeline.demo", "pipeline.audit", "pipeline.report",
-               "pipeline.refresh", "pipeline.__main__")),
+               "pipeline.refresh", "pipeline.refresh_state", "pipeline.__main__")),
 ]
 MAX_STAGE_LINES = 300
 

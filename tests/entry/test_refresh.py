@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -182,3 +183,23 @@ def test_full_n_measures_every_round_at_full_n_without_the_skip(tmp_path):
     assert r1.models.student.model == str(REPO / "models/chartworld/teacher")
     own = round_config(config_from_dict(raw, ["refresh.full_n=false"]), tmp_path / "x", 2, cfg.models.student.model)
     assert (own.delta.adaptive, own.delta.skip_solved) == (True, 1.0)
+
+
+def test_status_of_a_refresh_folder_lists_its_rounds(base, two_rounds, tmp_path, capsys):
+    top = base["root"] / "runs" / "full"
+    assert cli(["status", "--run", str(top)]) == 0
+    out = capsys.readouterr().out
+    assert "3 round(s) measured, 1 OPD steps per round" in out
+    assert [line.split(":")[0].strip() for line in out.splitlines()[1:]] == \
+        ["round 0", "round 1", "round 2"]
+    assert "round 2: zero-delta" in out and "teacher drawn 0 served 24" in out
+    # A round trained but not yet measured: its stages, from the round's run folder.
+    copy = tmp_path / "copy"
+    shutil.copytree(top, copy)
+    state = json.loads((copy / "refresh.json").read_text())
+    state["rounds"][2].update(complete=False)
+    (copy / "refresh.json").write_text(json.dumps(state))
+    assert cli(["status", "--run", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert "round 2: trained, not measured yet" in out
+    assert "02-mine      complete  shards 2/2, rows 6" in out
