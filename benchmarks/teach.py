@@ -168,6 +168,8 @@ def parse_args(argv: list[str] | None):
                    help="the transfer student, another shape (python -m tools.train_toys "
                    "--out models/chartworld --only student_b)")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS),
+                   help="the arms to train (default all; the report names those left out)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--small-seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="seeds of the SFT and transfer settings")
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     for setting in a.settings:
         seeds = a.seeds if setting == "opd" else a.small_seeds
         for seed in seeds:  # seed-major: every arm gets each seed before the next seed
-            for arm in SETTINGS[setting]:
+            for arm in (x for x in SETTINGS[setting] if x in a.arms):
                 r = run_one(setting, arm, seed, a, pools_dir, evaluator, students[setting])
                 runs.append(r)
                 final = r["curve"][-1]["overall"] if r["curve"] else float("nan")

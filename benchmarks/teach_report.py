@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.teach_arms import ARMS
 from benchmarks.teach_stats import auc_log, bootstrap_steps_to_reach, paired_t, steps_to_reach
 from pipeline.core.reports import COLORS, figure, save_png, write_json, write_text
 
@@ -197,6 +198,9 @@ def scale_shortfalls(cfg: dict, runs: list[dict]) -> list[str]:
     for r in runs:
         if r["setting"] == "opd":
             seeds.setdefault(r["arm"], set()).add(r["seed"])
+    left_out = [arm for arm in ARMS if arm not in seeds]
+    if left_out:
+        out.append("OPD arms not run: " + ", ".join(left_out))
     fewest = min((len(v) for v in seeds.values()), default=0)
     if fewest < 5:
         out.append(f"{fewest} seed(s) per OPD arm, not 5")

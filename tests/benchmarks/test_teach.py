@@ -174,9 +174,12 @@ def test_targets_follow_the_numbers():
 
 def test_a_run_smaller_than_the_design_says_where():
     full = {"budgets": [10, 20, 40, 80, 160], "heldout_n": 2000}
-    runs = [_run(arm, s, [0.5] * 5) for arm in ("random", "deltaprompts") for s in range(5)]
+    runs = [_run(arm, s, [0.5] * 5) for arm in ARMS for s in range(5)]
     runs += [{"setting": st, "arm": "random", "seed": 0} for st in ("sft", "transfer")]
     assert scale_shortfalls(full, runs) == []
+    three = [r for r in runs if r["arm"] in ("random", "deltaprompts", "replay")]
+    assert scale_shortfalls(full, three) == [
+        "OPD arms not run: filtered, synthesised, zero_delta"]
     small = {"budgets": [4, 8, 16, 32], "heldout_n": 500}
     fewer = [r for r in runs if r["setting"] != "opd" or r["seed"] < 3 or r["arm"] == "random"]
     assert scale_shortfalls(small, [r for r in fewer if r["setting"] != "transfer"]) == [
