@@ -142,8 +142,7 @@ def run_one(setting: str, arm: str, seed: int, a, pools_dir: Path, evaluator: Ev
 def build_pools(a) -> tuple[Path, dict[str, int], dict[str, int]]:
     """Write each arm's pool as Parquet; check sizes and disjointness from the held-out."""
     pools = select_pools(measured_prompts(Path(a.run)), a.replay_share, seed=0)
-    trained = {arm: rows for arm, rows in pools.items() if arm in a.arms}  # only these must last
-    problems = pool_problems(trained, max(a.budgets), a.prompts_per_step, a.max_repeats)
+    problems = pool_problems(pools, max(a.budgets), a.prompts_per_step, a.max_repeats, a.arms)
     if problems:
         raise SystemExit("pools too small for the longest budget (a prompt would repeat more than "
                          f"{a.max_repeats} times): " + "; ".join(problems))

@@ -29,6 +29,7 @@ same share per step in expectation, with no trainer change.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,12 +99,14 @@ def select_pools(table: pa.Table, replay_share: float = REPLAY_SHARE, seed: int 
     return Pools(table, rows)
 
 
-def pool_problems(pools: Pools, steps: int, prompts_per_step: int, max_repeats: float = 3.0) -> list[str]:
-    """Arms whose pool would repeat a prompt more than ``max_repeats`` times on average at
-    ``steps`` x ``prompts_per_step`` draws (the experiment refuses them)."""
+def pool_problems(pools: Pools, steps: int, prompts_per_step: int, max_repeats: float = 3.0,
+                  arms: Iterable[str] | None = None) -> list[str]:
+    """Arms (of ``arms``: those that train; default all) whose pool would repeat a prompt
+    more than ``max_repeats`` times on average at ``steps`` x ``prompts_per_step`` draws
+    (the experiment refuses them)."""
     need = steps * prompts_per_step / max_repeats
     return [f"{arm}: {n} prompts, {steps * prompts_per_step / max(n, 1):.1f} draws each"
-            for arm, n in pools.sizes().items() if n < need]
+            for arm, n in pools.sizes().items() if n < need and (arms is None or arm in arms)]
 
 
 def _chart_key(meta: str | None, question: str) -> tuple[str, str] | None:

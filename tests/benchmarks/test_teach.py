@@ -130,6 +130,9 @@ def test_small_pools_are_refused_for_long_budgets():
     assert pool_problems(pools, steps=2, prompts_per_step=2) == []
     problems = pool_problems(pools, steps=160, prompts_per_step=8)
     assert any(p.startswith("random: 12 prompts, 106.7 draws each") for p in problems)
+    # Only the arms that train must last: the others are not checked.
+    only = pool_problems(pools, steps=160, prompts_per_step=8, arms=["replay"])
+    assert [p.split(":")[0] for p in only] == ["replay"]
 
 
 def test_heldout_overlap_is_found_by_id_and_by_chart():
