@@ -199,9 +199,9 @@ def _connected_to(address: str) -> bool:
 def _same_host(a: str, b: str) -> bool:
     try:
         ips = [socket.gethostbyname(h) for h in (a, b)]
-    except OSError:
+        local = {"127.0.0.1", socket.gethostbyname(socket.gethostname())}
+    except OSError:  # a name that does not resolve here: compare the text
         return a == b
-    local = {"127.0.0.1", socket.gethostbyname(socket.gethostname())}
     return ips[0] == ips[1] or (ips[0] in local and ips[1] in local)
 
 
