@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
-import hashlib
 import json
 import logging
 import shutil
@@ -56,7 +55,7 @@ from pipeline.core.console import Console
 from pipeline.core.errors import RunError, UsageError
 from pipeline.core.reports import COLORS, figure, save_png, write_json, write_text
 from pipeline.refresh_state import ROUND, STATE, read_state, round_line
-from pipeline.runner.run import Manifest, run_lock, run_stages, stage_status
+from pipeline.runner.run import Manifest, input_fingerprint, run_lock, run_stages, stage_status
 from pipeline.runner.stage import ShardOutput, ShardTask, Stage, StageRegistry
 from pipeline.sampling.fingerprint import model_identity
 from stages import REGISTRY
@@ -142,12 +141,6 @@ def base_pool(cfg: RunConfig) -> Path:
     return run_dir / REGISTRY.by_name(REGISTRY.by_number(4).upstream(cfg)).dirname
 
 
-def pool_fingerprint(pool_dir: Path) -> str:
-    idx = shards.complete_shards(pool_dir)
-    hashes = {str(i): shards.read_marker(pool_dir, i).sha256 for i in idx}
-    return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:16]
-
-
 # --- settings and state ---------------------------------------------------------------------
 def refresh_dir(cfg: RunConfig) -> Path:
     return Path(cfg.run.root) / (cfg.refresh.name or f"{cfg.run.name}-refresh")
@@ -174,7 +167,8 @@ def settings(cfg: RunConfig, pool_dir: Path) -> dict[str, Any]:
                           "filter", "refresh"])
     for key in RESUMABLE:
         parts["refresh"].pop(key, None)
-    parts["pool"] = {"folder": str(pool_dir), "shards": pool_fingerprint(pool_dir)}
+    # The runner's own hash of a complete stage's shards (what refuse-on-change compares).
+    parts["pool"] = {"folder": str(pool_dir), "shards": input_fingerprint(pool_dir)[0]}
     parts["train"] = {k: v for k, v in dataclasses.asdict(train_config(cfg)).items()
                       if k not in ("progress", "num_threads", "device", "log_every")}
     return json.loads(json.dumps(parts, default=str))
