@@ -10,7 +10,7 @@ missing), for each training seed:
   measured once, against the untrained student: what a one-shot pipeline gives).
 
 Both start from the same student and checkpoint every K steps; each checkpoint is scored
-on the same held-out questions with the same evaluator (trainer.eval.evaluate_model,
+on the same held-out questions with the same evaluator (trainer.eval.accuracy_record,
 greedy), so round r of refresh is compared with step r*K of static, seed by seed (paired
 t-test over seeds, benchmarks/teach_stats.py). The refresh arm also reports the pool's
 zero-delta fraction round by round and the samples drawn vs served by the sample store.
@@ -42,7 +42,7 @@ from pipeline.core.configschema import load_dataclass
 from pipeline.core.reports import COLORS, figure, save_png, write_json, write_text
 from trainer.config import OPDConfig
 from trainer.data import load_prompts
-from trainer.eval import EvalConfig, evaluate_model
+from trainer.eval import EvalConfig, accuracy_record
 from trainer.opd import OPDTrainer
 
 TRAIN = {"lr": 3.0e-4, "loss": "gjsd", "beta": 1.0, "prompts_per_step": 8, "rollouts_per_prompt": 4,
@@ -257,10 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                       match_mode=cfg.mine.grading, limit=a.heldout_n, batch_size=32)
 
     def evaluate(path: str) -> dict[str, Any]:  # as refresh scores each round (heldout_accuracy)
-        t = time.perf_counter()
-        s = evaluate_model(path, rows, ecfg).summary()
-        return {"data": a.heldout, "n": s["n"], "overall": s["overall"], "by_skill": s["by_skill"],
-                "no_answer": s["no_answer"], "seconds": round(time.perf_counter() - t, 1)}
+        return {"data": a.heldout, **accuracy_record(path, rows, ecfg)}
 
     refresh, static = {}, {}
     for seed in a.train_seeds:

@@ -64,7 +64,7 @@ from stages.filter import FilterStage
 from stages.mine import MineStage
 from trainer.config import OPDConfig
 from trainer.data import load_prompts
-from trainer.eval import EvalConfig, evaluate_model
+from trainer.eval import EvalConfig, accuracy_record
 from trainer.loop import latest_checkpoint
 from trainer.opd import OPDTrainer
 
@@ -266,11 +266,8 @@ def heldout_accuracy(cfg: RunConfig, model: str) -> dict[str, Any]:
     r = cfg.refresh
     ecfg = EvalConfig(max_tokens=cfg.sampling.max_tokens, instruction=cfg.sampling.instruction,
                       match_mode=cfg.mine.grading, limit=r.heldout_n, batch_size=32)
-    t0 = time.perf_counter()
     rows = list(load_prompts(r.heldout, split=r.heldout_split))
-    s = evaluate_model(model, rows, ecfg, device=cfg.models.student.device).summary()
-    return {"data": r.heldout, "n": s["n"], "overall": s["overall"], "by_skill": s["by_skill"],
-            "no_answer": s["no_answer"], "seconds": round(time.perf_counter() - t0, 1)}
+    return {"data": r.heldout, **accuracy_record(model, rows, ecfg, device=cfg.models.student.device)}
 
 
 # --- the loop -------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -238,6 +239,16 @@ def evaluate_model(path: str, rows: list[dict[str, Any]], cfg: EvalConfig, engin
     with build_engine(EngineConfig(engine=engine, model=path, batch_size=cfg.batch_size,
                                    device=device)) as eng:
         return evaluate(engine_generator(eng, cfg), rows, cfg)
+
+
+def accuracy_record(path: str, rows: list[dict[str, Any]], cfg: EvalConfig,
+                    device: str = "auto") -> dict[str, Any]:
+    """:func:`evaluate_model` as the record refresh keeps per round and its benchmark per
+    arm: n, overall, by_skill, no_answer and the seconds it took."""
+    t0 = time.perf_counter()
+    s = evaluate_model(path, rows, cfg, device=device).summary()
+    return {"n": s["n"], "overall": s["overall"], "by_skill": s["by_skill"],
+            "no_answer": s["no_answer"], "seconds": round(time.perf_counter() - t0, 1)}
 
 
 # --- reporting -----------------------------------------------------------------------------
