@@ -15,16 +15,25 @@ answers (random vs deltaprompts) and transfer to a second student of another sha
 Each training run writes ``result.json`` in its folder under ``--out``; a rerun skips the
 runs already done, so a long experiment resumes after a crash. Results go to
 ``--results`` (.md, .json, .png), the targets' verdicts in the first lines.
+
+``--jobs N`` trains N runs at a time in N worker processes (``--threads`` split among them):
+the toy models are too small for a second torch thread to help one run, so on 2 cores two
+1-thread workers finish the experiment in about half the time of one 2-thread process.
+Workers take the next untaken run of the plan (a claim file made with O_EXCL), so no run is
+trained twice and a fast worker does not wait for a slow one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -95,10 +104,45 @@ def curve_of(metrics_path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def plan_of(a) -> list[tuple[str, str, int]]:
+    """Every training run, seed-major: every arm gets each seed before the next seed, so a
+    stopped experiment has comparable arms."""
+    return [(setting, arm, seed)
+            for setting in a.settings
+            for seed in (a.seeds if setting == "opd" else a.small_seeds)
+            for arm in SETTINGS[setting] if arm in a.arms]
+
+
+def run_dir(a, setting: str, arm: str, seed: int) -> Path:
+    return Path(a.out) / setting / arm / f"seed{seed}"
+
+
+def claim(claims: Path, index: int) -> bool:
+    """Take run ``index`` of the plan for this worker; False if another worker has it."""
+    try:
+        os.close(os.open(claims / str(index), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def run_workers(a, argv: list[str], n_runs: int) -> None:
+    """Train the plan in ``a.jobs`` worker processes; returns when all have ended."""
+    threads = max(1, a.threads // a.jobs)
+    with tempfile.TemporaryDirectory(prefix="claims-", dir=a.out) as claims:
+        procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.teach", *argv, "--jobs", "1",
+                                   "--threads", str(threads), "--worker-claims", claims])
+                 for _ in range(min(a.jobs, n_runs))]
+        failed = [i for i, p in enumerate(procs) if p.wait() != 0]
+    if failed:
+        raise SystemExit(f"error: worker(s) {failed} of {len(procs)} failed (their output is above); "
+                         f"the runs that finished are kept under {a.out}: rerun the same command to resume")
+
+
 def run_one(setting: str, arm: str, seed: int, a, pools_dir: Path, evaluator: Evaluator,
             student: str) -> dict[str, Any]:
     """One training run (resumable: a finished run's result.json is read back)."""
-    out = Path(a.out) / setting / arm / f"seed{seed}"
+    out = run_dir(a, setting, arm, seed)
     done = out / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -137,6 +181,13 @@ def run_one(setting: str, arm: str, seed: int, a, pools_dir: Path, evaluator: Ev
     write_json(done, result)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the curve is kept, not the weights
     return result
+
+
+def announce(r: dict[str, Any]) -> dict[str, Any]:
+    final = r["curve"][-1]["overall"] if r["curve"] else float("nan")
+    print(f"{r['setting']} {r['arm']} seed {r['seed']}: final {final:.3f} ({r['train_s']} s training)",
+          flush=True)
+    return r
 
 
 def build_pools(a) -> tuple[Path, dict[str, int], dict[str, int]]:
@@ -185,7 +236,10 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--replay-share", type=float, default=REPLAY_SHARE)
     p.add_argument("--max-repeats", type=float, default=3.0)
     p.add_argument("--instruction", default=None, help="the run's sampling.instruction (toys: none)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads in all (split among --jobs)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="training runs at a time, each in its own process (2 on 2 cores halves the time)")
+    p.add_argument("--worker-claims", default=None, help=argparse.SUPPRESS)  # set by --jobs for its workers
     p.add_argument("--out", default="runs/teach-exp")
     p.add_argument("--results", default="benchmarks/results/teach")
     return p.parse_args(argv)
@@ -193,34 +247,40 @@ def parse_args(argv: list[str] | None):
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.jobs < 1 or a.threads < 1:
+        raise SystemExit("error: --jobs and --threads must be at least 1")
     t0 = time.time()
     torch.set_num_threads(a.threads)
     pools_dir, sizes, overlap = build_pools(a)
-    print(f"pools: {sizes}; held-out overlap: {overlap}", flush=True)
     evaluator = Evaluator(heldout_rows(a.heldout, a.heldout_n), a.max_new_tokens, a.instruction)
+    students = {"opd": a.student, "sft": a.student, "transfer": a.student_b}
+    plan = plan_of(a)
+    if a.worker_claims:  # a worker of --jobs: train the runs it claims, report nothing
+        for i, (setting, arm, seed) in enumerate(plan):
+            if claim(Path(a.worker_claims), i):
+                announce(run_one(setting, arm, seed, a, pools_dir, evaluator, students[setting]))
+        return 0
+    print(f"pools: {sizes}; held-out overlap: {overlap}", flush=True)
     base_path = Path(a.out) / "baseline.json"
     baseline = json.loads(base_path.read_text()) if base_path.is_file() else {}
-    students = {"opd": a.student, "sft": a.student, "transfer": a.student_b}
     for name, path in (("student", a.student), ("teacher", a.teacher), ("student_b", a.student_b)):
         if name not in baseline and (name != "student_b" or "transfer" in a.settings):
             baseline[name] = evaluator.model_dir(path)
             write_json(base_path, baseline)
             print("baseline", name, json.dumps(baseline[name]), flush=True)
-    runs: list[dict[str, Any]] = []
-    for setting in a.settings:
-        seeds = a.seeds if setting == "opd" else a.small_seeds
-        for seed in seeds:  # seed-major: every arm gets each seed before the next seed
-            for arm in (x for x in SETTINGS[setting] if x in a.arms):
-                r = run_one(setting, arm, seed, a, pools_dir, evaluator, students[setting])
-                runs.append(r)
-                final = r["curve"][-1]["overall"] if r["curve"] else float("nan")
-                print(f"{setting} {arm} seed {seed}: final {final:.3f} "
-                      f"({r['train_s']} s training)", flush=True)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if a.jobs > 1:
+        run_workers(a, args, len(plan))
+        runs = [json.loads((run_dir(a, *p) / "result.json").read_text()) for p in plan]
+    else:
+        runs = [announce(run_one(s, arm, seed, a, pools_dir, evaluator, students[s])) for s, arm, seed in plan]
+    per_run = max(1, a.threads // a.jobs) if a.jobs > 1 else a.threads
     meta = {
-        "command": "python -m benchmarks.teach " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "config": {k: v for k, v in vars(a).items()},
+        "command": "python -m benchmarks.teach " + shlex.join(args),
+        "config": {k: v for k, v in vars(a).items() if k != "worker_claims"},
         "pools": sizes, "heldout_overlap": overlap,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, 2 CPU cores",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {a.jobs} run(s) at a time "
+                   f"with {per_run} torch thread(s) each",
         "seconds": round(time.time() - t0, 1),
     }
     write_results(Path(a.results), meta, baseline, runs)

@@ -199,10 +199,8 @@ def _write_stage(stage_dir, table):
     shards.write_shard(stage_dir, shards.ShardMarker(index=0, rows=0, sha256=""), table)
 
 
-@pytest.mark.slow
-def test_a_tiny_experiment_runs_end_to_end_and_resumes(tmp_path):
-    """Pools from a (hand-written) run, every setting on the toy pair for 2 steps, the
-    results files; a second call reads every run back instead of training again."""
+def _tiny_experiment(tmp_path) -> list[str]:
+    """A (hand-written) pipeline run and held-out set; the argv of a 2-step experiment on them."""
     t = _measured(n_seeds=16, n_synth=8)
     n = t.num_rows
     t = add_columns(t, {"teacher_samples": (pa.list_(pa.string()), [[f"Answer: {a[0]}"] for a in t.column("answers").to_pylist()]),
@@ -212,11 +210,18 @@ def test_a_tiny_experiment_runs_end_to_end_and_resumes(tmp_path):
     _write_stage(run / "05-filter", t.filter(t.column("kept")))
     assert measured_prompts(run).num_rows == n
     write_seed_set(tmp_path / "heldout", WorldConfig(), 6, seed=2)
-    results = tmp_path / "results" / "teach"
-    argv = ["--run", str(run), "--heldout", str(tmp_path / "heldout"), "--heldout-n", "6",
+    return ["--run", str(run), "--heldout", str(tmp_path / "heldout"), "--heldout-n", "6",
             "--seeds", "0", "1", "--small-seeds", "0", "--budgets", "1", "2", "--prompts-per-step", "2",
             "--rollouts", "2", "--max-new-tokens", "8", "--student-b", "models/chartworld/student",
-            "--out", str(tmp_path / "exp"), "--results", str(results), "--threads", "1"]
+            "--out", str(tmp_path / "exp"), "--results", str(tmp_path / "results" / "teach"), "--threads", "1"]
+
+
+@pytest.mark.slow
+def test_a_tiny_experiment_runs_end_to_end_and_resumes(tmp_path):
+    """Pools from a (hand-written) run, every setting on the toy pair for 2 steps, the
+    results files; a second call reads every run back instead of training again."""
+    argv = _tiny_experiment(tmp_path)
+    results = tmp_path / "results" / "teach"
     assert teach_main(argv) == 0
     report = json.loads(results.with_suffix(".json").read_text())
     runs = report["runs"]
@@ -230,3 +235,24 @@ def test_a_tiny_experiment_runs_end_to_end_and_resumes(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "exp").rglob("result.json")}
     assert teach_main(argv) == 0  # resumes: nothing trained again
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "exp").rglob("result.json")} == before
+
+
+@pytest.mark.slow
+def test_jobs_train_every_run_once_in_worker_processes(tmp_path, capfd):
+    """--jobs 2: two worker processes share the plan; each run is trained by exactly one of
+    them (one metrics line per step), and the parent writes the results from all."""
+    argv = _tiny_experiment(tmp_path) + ["--settings", "sft", "transfer", "--small-seeds", "0", "1",
+                                         "--jobs", "2", "--threads", "2"]
+    assert teach_main(argv) == 0
+    out = capfd.readouterr().out
+    plan = [(s, a, seed) for s in ("sft", "transfer") for seed in (0, 1) for a in ("random", "deltaprompts")]
+    for s, a, seed in plan:
+        folder = tmp_path / "exp" / s / a / f"seed{seed}"
+        assert json.loads((folder / "result.json").read_text())["seed"] == seed
+        steps = [json.loads(x)["step"] for x in (folder / "metrics.jsonl").read_text().splitlines()
+                 if "eval" in json.loads(x)]
+        assert steps == [1, 2]  # trained once: a second worker would have logged the steps again
+        assert out.count(f"{s} {a} seed {seed}: final") == 1
+    report = json.loads((tmp_path / "results" / "teach.json").read_text())
+    assert len(report["runs"]) == len(plan) and "2 run(s) at a time with 1 torch thread" in report["meta"]["machine"]
+    assert not list((tmp_path / "exp").glob("claims-*"))  # the claim files go with the workers
