@@ -55,7 +55,9 @@ bench: setup
 # Does the data teach? (benchmarks/teach.py; results in benchmarks/results/teach.{md,json,png})
 # The pipeline run with stage 3 on, the transfer student, then the experiment (resumable).
 # QUICK=1: a smoke check of every step in a few minutes (results under runs/, not committed).
+# JOBS: training runs at a time, each in its own process (benchmarks/teach.py --jobs).
 QUICK ?=
+JOBS ?= 2
 reproduce: setup $(HELDOUT)
 ifeq ($(QUICK),1)
 	$(PY) -m pipeline.demo --config configs/teach.yaml --seeds 120 run.name=teach-quick \
@@ -67,7 +69,7 @@ else
 	$(PY) -m pipeline.demo --config configs/teach.yaml --seeds 1000
 	test -f models/chartworld/student_b/model.safetensors || \
 	    $(PY) -m tools.train_toys --out models/chartworld --only student_b
-	$(PY) -m benchmarks.teach $(ARGS)
+	$(PY) -m benchmarks.teach --jobs $(JOBS) $(ARGS)
 endif
 
 tiny-models: setup

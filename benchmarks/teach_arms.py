@@ -29,6 +29,7 @@ same share per step in expectation, with no trainer change.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,13 @@ class Pools:
 
     def sizes(self) -> dict[str, int]:
         return {arm: len(idx) for arm, idx in self.rows.items()}
+
+    def skills(self) -> dict[str, dict[str, int]]:
+        """Prompts of each skill in each arm's pool: what each arm teaches, and what it no
+        longer shows the student (the measured cause of forgetting)."""
+        skill = self.table.column("skill").to_pylist()
+        return {arm: dict(sorted(Counter(skill[i] or "unknown" for i in idx).items()))
+                for arm, idx in self.rows.items()}
 
     def arm_table(self, arm: str) -> pa.Table:
         return self.table.take(pa.array(self.rows[arm], pa.int64()))

@@ -161,6 +161,18 @@ def _skill_table(setting: dict, baseline: dict) -> list[str]:
     return lines
 
 
+def _pool_table(pool_skills: dict[str, dict[str, int]]) -> list[str]:
+    """Each arm's pool by skill, as shares of the pool (n in the last column)."""
+    skills = sorted({k for counts in pool_skills.values() for k in counts})
+    lines = ["What each arm's pool holds (share of its prompts by skill):", "",
+             "| pool | " + " | ".join(skills) + " | prompts |", "|---|" + "---:|" * (len(skills) + 1)]
+    for arm, counts in pool_skills.items():
+        n = sum(counts.values())
+        lines.append(f"| {arm} | " + " | ".join(f"{counts.get(k, 0) / max(n, 1):.0%}" for k in skills)
+                     + f" | {n} |")
+    return lines + [""]
+
+
 def _paired(setting: dict) -> list[str]:
     lines = ["| arm - random | budget | diff (pts) | t | p (paired t, two-sided) |", "|---|---|---:|---:|---:|"]
     for arm, tests in setting["paired_vs_random"].items():
@@ -238,7 +250,8 @@ def write_results(stem: Path, meta: dict, baseline: dict, runs: list[dict]) -> d
              f"questions, pools from `{cfg['run']}`: {meta['pools']} prompts; held-out overlap "
              f"{meta['heldout_overlap']}.", "",
              f"Skill groups (from the untrained student and the teacher): gap {a['skill_groups']['gap']}, "
-             f"had {a['skill_groups']['had']}.", ""]
+             f"had {a['skill_groups']['had']}.", "",
+             *(_pool_table(meta["pool_skills"]) if meta.get("pool_skills") else [])]
     for setting, title in (("opd", "On-policy distillation"), ("sft", "Off-policy fine-tuning on the teacher's answers"),
                            ("transfer", "Transfer: a second student of another shape")):
         if setting not in a["settings"]:

@@ -109,6 +109,11 @@ def test_arm_pools_are_what_each_arm_claims():
     assert all(rows[i]["kept"] for i in pools.rows["deltaprompts"])
     assert sizes["deltaprompts"] == sizes["filtered"] + sum(not rows[i]["zero_delta"] for i in pools.rows["synthesised"])
     assert all(rows[i]["zero_delta"] for i in pools.rows["zero_delta"])
+    skills = pools.skills()  # counted by hand from the rows each arm holds
+    for arm, idx in pools.rows.items():
+        assert sum(skills[arm].values()) == len(idx)
+        for k, n in skills[arm].items():
+            assert n == sum(rows[i]["skill"] == k for i in idx)
 
 
 def test_the_replay_mix_has_its_share_and_all_of_deltaprompts():
@@ -231,6 +236,7 @@ def test_a_tiny_experiment_runs_end_to_end_and_resumes(tmp_path):
     assert all(r["rollout_tokens"] > 0 and r["curve"][0]["n"] == 6 for r in runs)
     md = results.with_suffix(".md").read_text()
     assert md.splitlines()[2].startswith("- **") and "deltaprompts" in md
+    assert "| zero_delta |" in md.split("What each arm's pool holds")[1].split("## ")[0]
     assert results.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "exp").rglob("result.json")}
     assert teach_main(argv) == 0  # resumes: nothing trained again
