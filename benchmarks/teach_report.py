@@ -158,7 +158,12 @@ def _skill_table(setting: dict, baseline: dict) -> list[str]:
              "| teacher | " + " | ".join(f"{baseline['teacher']['by_skill'][k]:.3f}" for k in skills) + " |"]
     for arm, e in setting["arms"].items():
         lines.append(f"| {arm} | " + " | ".join(f"{e['per_skill_mean'][k][-1]:.3f}" for k in skills) + " |")
-    return lines
+    lines += ["", "<details><summary>Per skill at every budget (mean over seeds)</summary>", "",
+              "| arm | steps | " + " | ".join(skills) + " |", "|---|---:|" + "---:|" * len(skills)]
+    for arm, e in setting["arms"].items():
+        for i, step in enumerate(e["steps"]):
+            lines.append(f"| {arm} | {step} | " + " | ".join(f"{e['per_skill_mean'][k][i]:.3f}" for k in skills) + " |")
+    return lines + ["", "</details>"]
 
 
 def _pool_table(pool_skills: dict[str, dict[str, int]]) -> list[str]:

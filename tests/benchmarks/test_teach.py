@@ -237,6 +237,8 @@ def test_a_tiny_experiment_runs_end_to_end_and_resumes(tmp_path):
     md = results.with_suffix(".md").read_text()
     assert md.splitlines()[2].startswith("- **") and "deltaprompts" in md
     assert "| zero_delta |" in md.split("What each arm's pool holds")[1].split("## ")[0]
+    every_budget = md.split("Per skill at every budget")[1].split("</details>")[0]
+    assert all(f"| {a} | {step} |" in every_budget for a in ARMS for step in (1, 2))
     assert results.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "exp").rglob("result.json")}
     assert teach_main(argv) == 0  # resumes: nothing trained again
