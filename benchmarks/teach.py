@@ -9,7 +9,7 @@ Two smaller settings of the paper ride along: off-policy fine-tuning on the teac
 answers (random vs deltaprompts) and transfer to a second student of another shape
 (random vs deltaprompts, on the set built for the first pair).
 
-    make reproduce                 # pipeline run + this experiment, ~3 h on 2 CPU cores
+    make reproduce                 # pipeline run + this experiment (--jobs 2), ~2 h on 2 CPU cores
     make reproduce QUICK=1         # a few minutes: small run, 1 seed, 2 short budgets
 
 Each training run writes ``result.json`` in its folder under ``--out``; a rerun skips the
