@@ -118,6 +118,10 @@ def run_dir(a, setting: str, arm: str, seed: int) -> Path:
     return Path(a.out) / setting / arm / f"seed{seed}"
 
 
+def threads_per_run(a) -> int:
+    return max(1, a.threads // a.jobs)
+
+
 def claim(claims: Path, index: int) -> bool:
     """Take run ``index`` of the plan for this worker; False if another worker has it."""
     try:
@@ -129,7 +133,7 @@ def claim(claims: Path, index: int) -> bool:
 
 def run_workers(a, argv: list[str], n_runs: int) -> None:
     """Train the plan in ``a.jobs`` worker processes; returns when all have ended."""
-    threads = max(1, a.threads // a.jobs)
+    threads = threads_per_run(a)
     with tempfile.TemporaryDirectory(prefix="claims-", dir=a.out) as claims:
         procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.teach", *argv, "--jobs", "1",
                                    "--threads", str(threads), "--worker-claims", claims])
@@ -191,6 +195,10 @@ def announce(r: dict[str, Any]) -> dict[str, Any]:
     return r
 
 
+def pools_dir_of(a) -> Path:
+    return Path(a.out) / "pools"
+
+
 def build_pools(a) -> tuple[Path, dict[str, int], dict[str, int], dict[str, dict[str, int]]]:
     """Write each arm's pool as Parquet; check sizes and disjointness from the held-out."""
     pools = select_pools(measured_prompts(Path(a.run)), a.replay_share, seed=0)
@@ -201,7 +209,7 @@ def build_pools(a) -> tuple[Path, dict[str, int], dict[str, int], dict[str, dict
     overlap = heldout_overlap(pools, heldout_rows(a.heldout, a.heldout_n))
     if any(overlap.values()):
         raise SystemExit(f"error: training pools overlap the held-out questions: {overlap}")
-    pools_dir = Path(a.out) / "pools"
+    pools_dir = pools_dir_of(a)
     for arm in ARMS:
         path = pools_dir / f"{arm}.parquet"
         if not path.is_file():
@@ -255,15 +263,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("error: --jobs and --threads must be at least 1")
     t0 = time.time()
     torch.set_num_threads(a.threads)
-    pools_dir, sizes, overlap, pool_skills = build_pools(a)
     evaluator = Evaluator(heldout_rows(a.heldout, a.heldout_n), a.max_new_tokens, a.instruction)
     students = {"opd": a.student, "sft": a.student, "transfer": a.student_b}
     plan = plan_of(a)
-    if a.worker_claims:  # a worker of --jobs: train the runs it claims, report nothing
+    if a.worker_claims:  # a worker of --jobs: its parent built and checked the pools
         for i, (setting, arm, seed) in enumerate(plan):
             if claim(Path(a.worker_claims), i):
-                announce(run_one(setting, arm, seed, a, pools_dir, evaluator, students[setting]))
+                announce(run_one(setting, arm, seed, a, pools_dir_of(a), evaluator, students[setting]))
         return 0
+    pools_dir, sizes, overlap, pool_skills = build_pools(a)
     print(f"pools: {sizes}; held-out overlap: {overlap}", flush=True)
     base_path = Path(a.out) / "baseline.json"
     baseline = json.loads(base_path.read_text()) if base_path.is_file() else {}
@@ -278,13 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         runs = [json.loads((run_dir(a, *p) / "result.json").read_text()) for p in plan]
     else:
         runs = [announce(run_one(s, arm, seed, a, pools_dir, evaluator, students[s])) for s, arm, seed in plan]
-    per_run = max(1, a.threads // a.jobs) if a.jobs > 1 else a.threads
     meta = {
         "command": "python -m benchmarks.teach " + shlex.join(args),
         "config": {k: v for k, v in vars(a).items() if k != "worker_claims"},
         "pools": sizes, "pool_skills": pool_skills, "heldout_overlap": overlap,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {a.jobs} run(s) at a time "
-                   f"with {per_run} torch thread(s) each",
+                   f"with {threads_per_run(a)} torch thread(s) each",
         "seconds": round(time.time() - t0, 1),
     }
     write_results(Path(a.results), meta, baseline, runs)
